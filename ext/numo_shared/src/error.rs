@@ -1,0 +1,94 @@
+//! Every error the extension can raise, and the one place where each kind is
+//! mapped to a Ruby exception class.
+
+use magnus::{exception::ExceptionClass, prelude::*, value::Lazy, RClass, RModule, Ruby};
+use nix::errno::Errno;
+
+/// `Numo::Shared::Error`, the base of the gem's own exception classes.
+pub static SHARED_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
+    let module = shared_module(ruby);
+    let class = module
+        .define_class("Error", ruby.exception_standard_error().as_r_class())
+        .expect("define Numo::Shared::Error");
+    ExceptionClass::from_value(class.as_value()).expect("Numo::Shared::Error is an exception class")
+});
+
+/// `Numo::Shared::LayoutError`: the installed numo-narray does not store its
+/// arrays the way this extension expects, so it refuses to touch them.
+pub static LAYOUT_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
+    let module = shared_module(ruby);
+    let class = module
+        .define_class("LayoutError", ruby.get_inner(&SHARED_ERROR).as_r_class())
+        .expect("define Numo::Shared::LayoutError");
+    ExceptionClass::from_value(class.as_value()).expect("LayoutError is an exception class")
+});
+
+fn shared_module(ruby: &Ruby) -> RModule {
+    let numo: RModule = ruby.define_module("Numo").expect("module Numo");
+    numo.define_module("Shared").expect("module Numo::Shared")
+}
+
+/// What went wrong, in terms the Ruby caller can act on.
+#[derive(Debug)]
+pub enum Error {
+    /// A value of the wrong kind (a class that cannot be shared, a non-array).
+    Type(String),
+    /// A value of the right kind that is out of range (negative dimension,
+    /// a shape whose byte size overflows).
+    Argument(String),
+    /// A system call failed; `context` says what was being attempted.
+    Os { errno: Errno, context: String },
+    /// The installed numo-narray does not match the struct layout we mirror.
+    Layout(String),
+}
+
+impl Error {
+    pub fn os(errno: Errno, context: impl Into<String>) -> Self {
+        Error::Os {
+            errno,
+            context: context.into(),
+        }
+    }
+
+    /// The Ruby exception for this error. `Os` becomes the matching
+    /// `Errno::*` class (a `SystemCallError`), with `context` in the message.
+    pub fn into_ruby(self, ruby: &Ruby) -> magnus::Error {
+        match self {
+            Error::Type(msg) => magnus::Error::new(ruby.exception_type_error(), msg),
+            Error::Argument(msg) => magnus::Error::new(ruby.exception_arg_error(), msg),
+            Error::Layout(msg) => magnus::Error::new(ruby.get_inner(&LAYOUT_ERROR), msg),
+            Error::Os { errno, context } => system_call_error(ruby, errno, &context),
+        }
+    }
+}
+
+impl From<Error> for magnus::Error {
+    fn from(err: Error) -> Self {
+        let ruby = Ruby::get().expect("errors are raised on a Ruby thread");
+        err.into_ruby(&ruby)
+    }
+}
+
+/// `Errno::<name>` for `errno`, falling back to `SystemCallError` itself for
+/// numbers Ruby does not know.
+fn system_call_error(ruby: &Ruby, errno: Errno, context: &str) -> magnus::Error {
+    let errno_module: Option<RModule> = ruby.class_object().const_get("Errno").ok();
+    let class = errno_module
+        .and_then(|m| m.const_get::<_, RClass>(format!("{errno:?}")).ok())
+        .and_then(|c| ExceptionClass::from_value(c.as_value()));
+    match class {
+        Some(class) => {
+            // Errno classes build "<strerror> - <context>" from one argument.
+            match class.new_instance((context,)) {
+                Ok(exc) => magnus::Error::from(exc),
+                Err(err) => err,
+            }
+        }
+        None => magnus::Error::new(
+            ruby.exception_system_call_error(),
+            format!("{} - {context}", errno.desc()),
+        ),
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

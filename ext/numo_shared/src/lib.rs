@@ -1,0 +1,80 @@
+//! numo-shared's extension: Numo::NArray arrays in `MAP_SHARED` memory.
+//!
+//! `lib.rs` only wires Ruby names to the modules that do the work.
+
+mod error;
+mod numo;
+mod segment;
+mod shape;
+mod shared_array;
+
+use magnus::{function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, Ruby, Value};
+
+use crate::error::Error;
+
+#[magnus::init]
+fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
+    let numo: RModule = ruby.define_module("Numo")?;
+    let shared = numo.define_module("Shared")?;
+    // Define the exception classes now, so that they exist before any raise.
+    let _ = ruby.get_inner(&error::SHARED_ERROR);
+    let _ = ruby.get_inner(&error::LAYOUT_ERROR);
+
+    check_numo_layout(ruby, numo).map_err(|e| e.into_ruby(ruby))?;
+
+    let native = shared.define_module("Native")?;
+    native.define_module_function("create", function!(create, 2))?;
+    native.define_module_function("shared?", function!(shared_array::is_shared, 1))?;
+    native.define_module_function("mapped_bytes", function!(shared_array::mapped_bytes, 1))?;
+    native.define_module_function("release", function!(shared_array::release, 1))?;
+    native.define_module_function("layout_mismatch", function!(layout_mismatch, 3))?;
+
+    let narray: RClass = numo.const_get("NArray")?;
+    narray.define_method("shared?", method!(shared_array::is_shared, 0))?;
+    let _ = shared_array::describe_bytes;
+    Ok(())
+}
+
+fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value, magnus::Error> {
+    shared_array::create(ruby, klass, shape).map_err(|e| e.into_ruby(ruby))
+}
+
+/// `Numo::Shared::Native.layout_mismatch(array, shape, element_bytes)`: what
+/// differs between `array`'s struct and what this extension expects of an
+/// unallocated array of that shape, or nil.
+fn layout_mismatch(probe: Value, shape: Vec<usize>, element_bytes: u32) -> Option<String> {
+    // SAFETY: probe is a live object; the check reads only what it verified.
+    unsafe { numo::layout_mismatch(probe.as_raw(), &shape, element_bytes) }
+}
+
+/// Refuses to load against a numo-narray whose version or struct layout
+/// differs from the mirror in `numo.rs`, and records Numo's root data type.
+fn check_numo_layout(ruby: &Ruby, numo_module: RModule) -> Result<(), Error> {
+    let narray: RClass = numo_module
+        .const_get("NArray")
+        .map_err(|_| Error::Layout("numo-narray is not loaded; require \"numo/narray\" first".into()))?;
+    let version: String = narray
+        .const_get("VERSION")
+        .map_err(|_| Error::Layout("Numo::NArray::VERSION is missing".into()))?;
+    numo::check_version(&version)?;
+    let _ = ruby;
+    let dfloat: RClass = numo_module
+        .const_get("DFloat")
+        .map_err(|_| Error::Layout("Numo::DFloat is missing".into()))?;
+    for shape in [vec![2usize, 3], vec![5], vec![]] {
+        let probe: Value = dfloat
+            .funcall("new", (RArray::from_vec(shape.clone()),))
+            .map_err(|e| Error::Layout(format!("cannot make a probe array: {e}")))?;
+        // SAFETY: probe is a live object; the check reads only what it verified.
+        if let Some(problem) = unsafe { numo::layout_mismatch(probe.as_raw(), &shape, 8) } {
+            return Err(Error::Layout(format!(
+                "numo-narray {version} does not lay out its arrays as numo-shared expects ({problem}); \
+                 shared arrays are refused to avoid corrupting memory"
+            )));
+        }
+        // SAFETY: layout_mismatch verified that probe is typed data with a parent type.
+        let root = unsafe { (*numo::data_type_of(probe.as_raw())).parent };
+        shared_array::set_narray_type(root);
+    }
+    Ok(())
+}

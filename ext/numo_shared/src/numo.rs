@@ -1,0 +1,188 @@
+//! A mirror of the parts of numo-narray's C structs this extension touches,
+//! and the check, run at load, that the installed numo-narray matches it.
+//!
+//! numo-narray keeps an array's data in `narray_data_t`
+//! (`numo/narray.h`): `{u8 ndim; u8 type; u8 flag[2]; u16 elmsz; size_t size;
+//! size_t *shape; VALUE reduce; char *ptr; bool owned}`. `shape` points at
+//! `size` when `ndim <= 1`, otherwise at a buffer from `ruby_xmalloc`.
+//! Every concrete class has its own `rb_data_type_t` whose parent is
+//! `na_data_type` and whose `data` points at `narray_type_info_t`.
+
+use std::ffi::CStr;
+
+use rb_sys::{rb_data_type_t, RTypedData, VALUE};
+
+use crate::error::{Error, Result};
+
+/// `narray_t`, the header every Numo array starts with.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NArrayBase {
+    pub ndim: u8,
+    pub kind: u8,
+    pub flag: [u8; 2],
+    pub elmsz: u16,
+    pub size: usize,
+    pub shape: *mut usize,
+    pub reduce: VALUE,
+}
+
+/// `narray_data_t`: an array that owns (or borrows) a data pointer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NArrayData {
+    pub base: NArrayBase,
+    pub ptr: *mut u8,
+    pub owned: bool,
+}
+
+/// `narray_view_t`, as far as we read it: the object the view looks into.
+#[repr(C)]
+pub struct NArrayView {
+    pub base: NArrayBase,
+    pub data: VALUE,
+}
+
+/// `narray_type_info_t`, the per-class element description.
+#[repr(C)]
+pub struct TypeInfo {
+    pub element_bits: u32,
+    pub element_bytes: u32,
+    pub element_stride: u32,
+}
+
+/// `NARRAY_DATA_T` and `NARRAY_VIEW_T` from `numo/narray.h`.
+pub const NARRAY_DATA_T: u8 = 1;
+pub const NARRAY_VIEW_T: u8 = 2;
+
+/// The numo-narray versions whose layout this mirror was written against.
+/// Anything else is still probed, but refused unless it is a 0.9 release.
+pub const SUPPORTED_SERIES: &str = "0.9.";
+
+/// True when `obj` is a typed-data object (any class).
+///
+/// # Safety
+/// `obj` must be a live Ruby object.
+pub unsafe fn is_typed_data(obj: VALUE) -> bool {
+    rb_sys::RB_TYPE_P(obj, rb_sys::ruby_value_type::RUBY_T_DATA)
+        && (*(obj as *const RTypedData)).typed_flag == 1
+}
+
+/// The `rb_data_type_t` of a typed-data object.
+///
+/// # Safety
+/// `obj` must be a live typed-data object.
+pub unsafe fn data_type_of(obj: VALUE) -> *const rb_data_type_t {
+    (*(obj as *const RTypedData)).type_
+}
+
+/// The wrapped pointer of a typed-data object.
+///
+/// # Safety
+/// `obj` must be a live typed-data object.
+pub unsafe fn data_ptr_of(obj: VALUE) -> *mut std::ffi::c_void {
+    (*(obj as *const RTypedData)).data
+}
+
+/// Sets the wrapped pointer of a typed-data object.
+///
+/// # Safety
+/// `obj` must be a live typed-data object of a type that frees `ptr`.
+pub unsafe fn set_data_ptr(obj: VALUE, ptr: *mut std::ffi::c_void) {
+    (*(obj as *mut RTypedData)).data = ptr;
+}
+
+/// The name a data type was registered under, for messages.
+///
+/// # Safety
+/// `ty` must point at a live `rb_data_type_t`.
+pub unsafe fn type_name(ty: *const rb_data_type_t) -> String {
+    if ty.is_null() || (*ty).wrap_struct_name.is_null() {
+        return "(unnamed)".to_string();
+    }
+    CStr::from_ptr((*ty).wrap_struct_name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Bytes of data an array of `elements` elements of this type needs, exactly
+/// as numo-narray allocates it (Bit packs 32-bit words); `None` on overflow.
+pub fn data_bytes(info: &TypeInfo, elements: usize) -> Option<usize> {
+    if elements == 0 {
+        return Some(0);
+    }
+    if info.element_bits == 1 && info.element_bytes == 0 {
+        let word = std::mem::size_of::<u32>();
+        let words = (elements - 1) / 8 / word + 1;
+        return words.checked_mul(word);
+    }
+    elements.checked_mul(info.element_bytes as usize)
+}
+
+/// What a freshly made `klass.new(2, 3)` must look like in memory if the
+/// mirror above matches the installed numo-narray. Returns a description
+/// of the first mismatch.
+///
+/// # Safety
+/// `probe` must be a live Numo array object.
+pub unsafe fn layout_mismatch(probe: VALUE, shape: &[usize], element_bytes: u32) -> Option<String> {
+    if !is_typed_data(probe) {
+        return Some("the probe array is not a typed-data object".into());
+    }
+    let ty = data_type_of(probe);
+    if (*ty).parent.is_null() || type_name((*ty).parent) != "Numo::NArray" {
+        return Some(format!(
+            "the data type {} does not have Numo::NArray as its parent",
+            type_name(ty)
+        ));
+    }
+    let info = (*ty).data as *const TypeInfo;
+    if info.is_null() || (*info).element_bytes != element_bytes {
+        return Some(format!(
+            "the element size recorded for {} is not {} bytes",
+            type_name(ty),
+            element_bytes
+        ));
+    }
+    let na = data_ptr_of(probe) as *const NArrayData;
+    let base = &(*na).base;
+    let elements: usize = shape.iter().product();
+    if base.kind != NARRAY_DATA_T {
+        return Some(format!("type tag is {}, expected {}", base.kind, NARRAY_DATA_T));
+    }
+    if base.ndim as usize != shape.len() {
+        return Some(format!("ndim is {}, expected {}", base.ndim, shape.len()));
+    }
+    if base.size != elements {
+        return Some(format!("size is {}, expected {}", base.size, elements));
+    }
+    if shape.len() <= 1 {
+        if base.shape as *const usize != &base.size as *const usize {
+            return Some("shape of a 1-d array does not point at its size field".into());
+        }
+    } else {
+        if base.shape.is_null() {
+            return Some("shape pointer is null".into());
+        }
+        let recorded = std::slice::from_raw_parts(base.shape, shape.len());
+        if recorded != shape {
+            return Some(format!("shape reads {recorded:?}, expected {shape:?}"));
+        }
+    }
+    if !(*na).ptr.is_null() || (*na).owned {
+        return Some("an unallocated array has a data pointer or claims to own one".into());
+    }
+    None
+}
+
+/// Refuses a numo-narray whose version is outside the series we mirror.
+pub fn check_version(version: &str) -> Result<()> {
+    if version.starts_with(SUPPORTED_SERIES) {
+        Ok(())
+    } else {
+        Err(Error::Layout(format!(
+            "numo-shared supports numo-narray {SUPPORTED_SERIES}x, but numo-narray {version} is loaded; \
+             its array layout may differ, so shared arrays are refused"
+        )))
+    }
+}

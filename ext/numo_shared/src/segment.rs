@@ -1,0 +1,111 @@
+//! `Segment`: a `MAP_SHARED` mapping of a file descriptor, so that writes by
+//! any process that has it mapped (a forked child included) are seen by all.
+//!
+//! Anonymous segments are backed by `memfd_create`: nothing appears in the file
+//! system, and the memory goes away when the last mapping does, even if the
+//! process is killed. The descriptor is closed as soon as the memory is
+//! mapped, so a segment costs one mapping and no descriptor.
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use memmap2::{MmapMut, MmapOptions};
+use nix::errno::Errno;
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+
+use crate::error::{Error, Result};
+
+/// A shared, writable mapping, unmapped on drop.
+pub struct Segment {
+    map: MmapMut,
+}
+
+impl Segment {
+    /// Creates an anonymous shared segment of `len` bytes, zero-filled, with
+    /// every page reserved up front so that running out of memory raises here
+    /// instead of killing the process with SIGBUS on a later write.
+    pub fn anonymous(len: usize) -> Result<Segment> {
+        check_fits_in_memory(len)?;
+        let name = CStr::from_bytes_with_nul(b"numo-shared\0").expect("static name");
+        let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(|e| Error::os(e, "memfd_create for a shared array"))?;
+        reserve(&fd, len, "memfd")?;
+        Self::map_shared(&fd, 0, len, "memfd")
+    }
+
+    /// Maps `len` bytes of `fd` from `offset`, shared and writable.
+    pub fn map_shared(fd: &impl AsFd, offset: u64, len: usize, place: &str) -> Result<Segment> {
+        // SAFETY: the mapping is MAP_SHARED over a descriptor we were handed;
+        // other processes may write to it concurrently, which is the point:
+        // the memory is only ever reached through raw pointers by Numo.
+        let map = unsafe {
+            MmapOptions::new()
+                .offset(offset)
+                .len(len)
+                .map_mut(fd.as_fd().as_raw_fd())
+        }
+        .map_err(|e| io_error(e, format!("mapping {} of shared memory ({place})", human_bytes(len))))?;
+        Ok(Segment { map })
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Sizes `fd` to `len` bytes and allocates every block, so that a full tmpfs
+/// or memory limit is reported now, as an exception naming the size.
+pub fn reserve(fd: &OwnedFd, len: usize, place: &str) -> Result<()> {
+    let what = || format!("reserving {} of shared memory ({place})", human_bytes(len));
+    let off = libc::off_t::try_from(len).map_err(|_| Error::os(Errno::EFBIG, what()))?;
+    nix::unistd::ftruncate(fd, off).map_err(|e| Error::os(e, what()))?;
+    loop {
+        match nix::fcntl::posix_fallocate(fd.as_raw_fd(), 0, off) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(Error::os(e, what())),
+        }
+    }
+}
+
+/// Refuses a size larger than the machine's RAM and swap together before any
+/// page is touched: reserving it would only end in the OOM killer.
+fn check_fits_in_memory(len: usize) -> Result<()> {
+    let info = nix::sys::sysinfo::sysinfo().map_err(|e| Error::os(e, "sysinfo"))?;
+    let total = info.ram_total().saturating_add(info.swap_total());
+    if (len as u64) > total {
+        return Err(Error::os(
+            Errno::ENOMEM,
+            format!(
+                "reserving {} of shared memory: more than this machine's RAM and swap ({})",
+                human_bytes(len),
+                human_bytes(total as usize)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn io_error(err: std::io::Error, context: String) -> Error {
+    let errno = err.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO);
+    Error::os(errno, context)
+}
+
+/// "8 bytes", "1.5 GiB": sizes in messages.
+pub fn human_bytes(len: usize) -> String {
+    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if len < 1024 {
+        return format!("{len} bytes");
+    }
+    let mut value = len as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {} ({len} bytes)", UNITS[unit])
+}

@@ -1,0 +1,321 @@
+//! Numo arrays whose data pointer points into a `Segment`.
+//!
+//! A shared array is an ordinary Numo object of the requested class whose
+//! typed-data struct is ours: `SharedArray` starts with a copy of Numo's own
+//! `narray_data_t` (so every Numo function reads it as usual) with
+//! `owned = true` (so Numo never copies it on write) and carries the
+//! `Segment` behind it. Its `rb_data_type_t` is a child of the class's own
+//! type (so Numo's type checks accept it) with our free function, so Numo's
+//! free, which would `xfree` the mapped pointer, never sees it. Views made by
+//! Numo keep the object alive by marking it, so the mapping lives exactly as
+//! long as the array or any view of it.
+
+use std::ffi::{c_void, CString};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Mutex;
+
+use magnus::{prelude::*, rb_sys::AsRawValue, rb_sys::FromRawValue, RArray, RClass, Ruby, Value};
+use rb_sys::{rb_data_type_struct__bindgen_ty_1, rb_data_type_t, size_t, VALUE};
+
+use crate::error::{Error, Result};
+use crate::numo::{self, NArrayData, NArrayView, TypeInfo, NARRAY_DATA_T, NARRAY_VIEW_T};
+use crate::segment::{human_bytes, Segment};
+use crate::shape;
+
+/// Our typed-data struct. `data` must stay the first field: Numo casts the
+/// object's data pointer to `narray_data_t *`.
+#[repr(C)]
+struct SharedArray {
+    data: NArrayData,
+    segment: Option<Segment>,
+}
+
+/// `na_data_type`, the root of Numo's type tree, found at load time.
+static NARRAY_TYPE: AtomicPtr<rb_data_type_t> = AtomicPtr::new(std::ptr::null_mut());
+
+/// One `rb_data_type_t` of ours per Numo class type, made on first use and
+/// kept for the life of the process: (Numo's type, ours).
+static SHARED_TYPES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// Records Numo's root type, read off a probe array's type chain.
+pub fn set_narray_type(ty: *const rb_data_type_t) {
+    NARRAY_TYPE.store(ty as *mut _, Ordering::Release);
+}
+
+fn narray_type() -> *const rb_data_type_t {
+    NARRAY_TYPE.load(Ordering::Acquire)
+}
+
+/// Our type for objects of the Numo class whose own type is `numo_type`.
+fn shared_type_for(numo_type: *const rb_data_type_t) -> *const rb_data_type_t {
+    let mut types = SHARED_TYPES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, ours)) = types.iter().find(|(theirs, _)| *theirs == numo_type as usize) {
+        return ours as *const rb_data_type_t;
+    }
+    // SAFETY: numo_type is a live, static rb_data_type_t of numo-narray.
+    let (name, data, flags) = unsafe {
+        (
+            numo::type_name(numo_type),
+            (*numo_type).data,
+            (*numo_type).flags,
+        )
+    };
+    let name = CString::new(format!("{name} (numo-shared)")).expect("no NUL in a type name");
+    let ours = Box::new(rb_data_type_t {
+        wrap_struct_name: name.into_raw(),
+        function: rb_data_type_struct__bindgen_ty_1 {
+            dmark: None,
+            dfree: Some(free_shared),
+            dsize: Some(size_shared),
+            dcompact: None,
+            reserved: [std::ptr::null_mut(); 1],
+        },
+        parent: numo_type,
+        data,
+        flags: flags | rb_sys::rbimpl_typeddata_flags::RUBY_TYPED_FREE_IMMEDIATELY as VALUE,
+    });
+    let ours = Box::into_raw(ours) as usize;
+    types.push((numo_type as usize, ours));
+    ours as *const rb_data_type_t
+}
+
+/// True for the types made by `shared_type_for`.
+fn is_shared_type(ty: *const rb_data_type_t) -> bool {
+    let types = SHARED_TYPES.lock().unwrap_or_else(|e| e.into_inner());
+    types.iter().any(|&(_, ours)| ours == ty as usize)
+}
+
+unsafe extern "C" fn free_shared(ptr: *mut c_void) {
+    if ptr.is_null() {
+        return;
+    }
+    let array = Box::from_raw(ptr as *mut SharedArray);
+    free_shape(&array.data);
+    if let Some(segment) = &array.segment {
+        rb_sys::rb_gc_adjust_memory_usage(-(segment.len() as isize) as _);
+    }
+    drop(array); // unmaps the segment
+}
+
+/// Frees the shape buffer unless it points at the struct's own size field,
+/// the convention numo-narray uses for 0- and 1-dimensional arrays. Numo's
+/// `reshape!` may have swapped in its own `ruby_xmalloc`ed buffer.
+unsafe fn free_shape(data: &NArrayData) {
+    let shape = data.base.shape;
+    if !shape.is_null() && shape as *const usize != &data.base.size as *const usize {
+        rb_sys::ruby_xfree(shape as *mut c_void);
+    }
+}
+
+unsafe extern "C" fn size_shared(ptr: *const c_void) -> size_t {
+    let array = &*(ptr as *const SharedArray);
+    let mut size = std::mem::size_of::<SharedArray>();
+    let shape = array.data.base.shape;
+    if !shape.is_null() && shape as *const usize != &array.data.base.size as *const usize {
+        size += std::mem::size_of::<usize>() * array.data.base.ndim as usize;
+    }
+    if let Some(segment) = &array.segment {
+        size += segment.len();
+    }
+    size as size_t
+}
+
+/// The numeric Numo class `klass`, checked, with its element description.
+struct NumoClass {
+    numo_type: *const rb_data_type_t,
+    info: *const TypeInfo,
+}
+
+/// Checks that a fresh array of `klass` is a numeric Numo array we can share.
+fn numo_class_of(klass: RClass, fresh: Value) -> Result<NumoClass> {
+    let raw = fresh.as_raw();
+    // SAFETY: fresh is a live object returned by klass.new.
+    unsafe {
+        if !numo::is_typed_data(raw) || rb_sys::rb_typeddata_is_kind_of(raw, narray_type()) == 0 {
+            return Err(Error::Type(format!("{} is not a Numo::NArray class", klass.inspect())));
+        }
+        let ty = numo::data_type_of(raw);
+        let na = numo::data_ptr_of(raw) as *const NArrayData;
+        if (*ty).function.dmark.is_some() {
+            return Err(Error::Type(format!(
+                "{} holds references to Ruby objects, which cannot live in shared memory; \
+                 use a numeric class such as Numo::DFloat",
+                klass.inspect()
+            )));
+        }
+        if (*ty).data.is_null() || na.is_null() || (*na).base.kind != NARRAY_DATA_T {
+            return Err(Error::Type(format!(
+                "{} is not a numeric Numo class",
+                klass.inspect()
+            )));
+        }
+        Ok(NumoClass {
+            numo_type: ty,
+            info: (*ty).data as *const TypeInfo,
+        })
+    }
+}
+
+/// `Numo::DFloat.new_shared(2, 3)`: a zero-filled array of `klass` and
+/// `shape` in a fresh anonymous shared segment.
+pub fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value> {
+    check_class(ruby, klass)?;
+    let (dims, elements) = shape::dimensions(shape)?;
+    let fresh: Value = klass
+        .funcall("new", (RArray::from_vec(dims.iter().map(|&d| d as u64).collect()),))
+        .map_err(|e| Error::Type(format!("{} cannot make arrays: {e}", klass.inspect())))?;
+    let class = numo_class_of(klass, fresh)?;
+    // SAFETY: info points at numo-narray's static narray_type_info_t.
+    let bytes = numo::data_bytes(unsafe { &*class.info }, elements)
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| {
+            Error::Argument(format!(
+                "shape {} of {} needs more bytes than can be addressed",
+                shape::describe(shape),
+                klass.inspect()
+            ))
+        })?;
+    let segment = if bytes == 0 {
+        None
+    } else {
+        Some(Segment::anonymous(bytes)?)
+    };
+    // SAFETY: fresh is a Numo data array (checked above).
+    let template = unsafe { *(numo::data_ptr_of(fresh.as_raw()) as *const NArrayData) };
+    Ok(wrap(klass, class.numo_type, template, &dims, segment))
+}
+
+/// Makes the Ruby object: our struct, filled from Numo's `template`, over
+/// `segment`.
+fn wrap(
+    klass: RClass,
+    numo_type: *const rb_data_type_t,
+    template: NArrayData,
+    dims: &[usize],
+    segment: Option<Segment>,
+) -> Value {
+    let ty = shared_type_for(numo_type);
+    // The object exists before our struct does, so that an allocation
+    // failure here cannot leak the struct or the mapping.
+    // SAFETY: a typed-data object with a NULL pointer is never freed by us.
+    let obj = unsafe { rb_sys::rb_data_typed_object_wrap(klass.as_raw(), std::ptr::null_mut(), ty) };
+    let mut array = Box::new(SharedArray {
+        data: template,
+        segment,
+    });
+    let bytes = array.segment.as_ref().map_or(0, Segment::len);
+    array.data.ptr = match array.segment.as_mut() {
+        Some(segment) => segment.as_mut_ptr(),
+        None => std::ptr::null_mut(),
+    };
+    array.data.owned = true;
+    array.data.base.ndim = dims.len() as u8;
+    array.data.base.size = dims.iter().product();
+    array.data.base.shape = if dims.len() <= 1 {
+        &mut array.data.base.size as *mut usize
+    } else {
+        // SAFETY: numo-narray allocates shapes with ruby_xmalloc; so do we.
+        unsafe {
+            let buf = rb_sys::ruby_xmalloc2(dims.len() as size_t, std::mem::size_of::<usize>() as size_t)
+                as *mut usize;
+            std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
+            buf
+        }
+    };
+    // SAFETY: obj is ours, its pointer is still NULL.
+    unsafe {
+        numo::set_data_ptr(obj, Box::into_raw(array) as *mut c_void);
+        rb_sys::rb_gc_adjust_memory_usage(bytes as _);
+        Value::from_raw(obj)
+    }
+}
+
+fn check_class(ruby: &Ruby, klass: RClass) -> Result<()> {
+    let numo: magnus::RModule = ruby
+        .class_object()
+        .const_get("Numo")
+        .map_err(|_| Error::Type("numo-narray is not loaded".into()))?;
+    let narray: RClass = numo
+        .const_get("NArray")
+        .map_err(|_| Error::Type("numo-narray is not loaded".into()))?;
+    if !klass.is_inherited(narray) || klass.equal(narray).unwrap_or(false) {
+        return Err(Error::Type(format!(
+            "{} is not a numeric Numo class such as Numo::DFloat",
+            klass.inspect()
+        )));
+    }
+    Ok(())
+}
+
+/// The `SharedArray` behind `obj` or behind the array a view of `obj` looks
+/// into; `None` if neither is a shared array.
+fn shared_base(obj: Value) -> Option<(VALUE, *mut SharedArray)> {
+    let mut raw = obj.as_raw();
+    // SAFETY: each step checks the object's type before reading its struct.
+    unsafe {
+        if !numo::is_typed_data(raw) || narray_type().is_null() {
+            return None;
+        }
+        if rb_sys::rb_typeddata_is_kind_of(raw, narray_type()) == 0 {
+            return None;
+        }
+        let na = numo::data_ptr_of(raw) as *const NArrayView;
+        if na.is_null() {
+            return None;
+        }
+        if (*na).base.kind == NARRAY_VIEW_T {
+            raw = (*na).data;
+            if !numo::is_typed_data(raw) {
+                return None;
+            }
+        }
+        if !is_shared_type(numo::data_type_of(raw)) {
+            return None;
+        }
+        let ptr = numo::data_ptr_of(raw) as *mut SharedArray;
+        (!ptr.is_null()).then_some((raw, ptr))
+    }
+}
+
+/// `NArray#shared?`.
+pub fn is_shared(obj: Value) -> bool {
+    shared_base(obj).is_some()
+}
+
+/// Bytes of shared memory behind `obj` (or behind the array it views), as
+/// mapped in this process; 0 for other arrays and released ones.
+pub fn mapped_bytes(obj: Value) -> usize {
+    shared_base(obj)
+        .and_then(|(_, ptr)| unsafe { (*ptr).segment.as_ref().map(Segment::len) })
+        .unwrap_or(0)
+}
+
+/// `NArray#free` on a shared array: unmaps it in this process now and
+/// freezes the array, so that later reads raise and writes cannot silently
+/// move it to private memory. Views of it raise on access from then on.
+/// Returns false when `obj` is not itself a shared array (a view, or an
+/// ordinary array), for Numo's own `free` to handle.
+pub fn release(obj: Value) -> bool {
+    let Some((raw, ptr)) = shared_base(obj) else {
+        return false;
+    };
+    if raw != obj.as_raw() {
+        return false;
+    }
+    // SAFETY: ptr is our live struct; Numo re-reads ptr on every access.
+    unsafe {
+        let array = &mut *ptr;
+        array.data.ptr = std::ptr::null_mut();
+        if let Some(segment) = array.segment.take() {
+            rb_sys::rb_gc_adjust_memory_usage(-(segment.len() as isize) as _);
+            drop(segment);
+        }
+        rb_sys::rb_obj_freeze(raw);
+    }
+    true
+}
+
+/// For messages: "1.0 MiB (1048576 bytes)".
+pub fn describe_bytes(obj: Value) -> String {
+    human_bytes(mapped_bytes(obj))
+}

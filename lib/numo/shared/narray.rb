@@ -1,0 +1,118 @@
+# frozen_string_literal: true
+
+module Numo
+  class NArray
+    class << self
+      # A new zero-filled array of this class whose data lives in shared memory
+      # (an anonymous +memfd+ mapped +MAP_SHARED+). Processes forked after this
+      # call see each other's writes to it, through it or through any view.
+      # The memory is reserved up front: if it cannot be, this raises
+      # (+Errno::ENOMEM+, +Errno::ENOSPC+, ...) instead of a later write dying
+      # of SIGBUS. It is released when the array and all its views are
+      # garbage collected.
+      #
+      # @param shape [Array<Integer>, Integer] the shape, given as
+      #   +Numo::DFloat.new+ takes it: +new_shared(2, 3)+ or +new_shared([2, 3])+
+      # @return [Numo::NArray] an instance of exactly this class
+      # @raise [TypeError] for Numo::RObject and classes that are not numeric
+      # @raise [ArgumentError] for negative, non-Integer or too many dimensions,
+      #   and for shapes whose byte size overflows
+      # @raise [SystemCallError] when the memory cannot be reserved
+      # @example
+      #   a = Numo::DFloat.new_shared(2, 3)
+      #   a.shared? # => true
+      #   a.shape   # => [2, 3]
+      def new_shared(*shape)
+        shape = shape.first if shape.size == 1 && shape.first.is_a?(Array)
+        Numo::Shared::Native.create(self, shape)
+      end
+    end
+
+    # @!method shared?
+    #   True for arrays whose data lives in shared memory, and for views of them.
+    #   @return [Boolean]
+    #   @example
+    #     Numo::DFloat.new_shared(3).shared?       # => true
+    #     Numo::DFloat.new_shared(3)[0..1].shared? # => true
+    #     Numo::DFloat.zeros(3).shared?            # => false
+
+    # A new shared array with this array's class, shape and values. Works on
+    # views and non-contiguous arrays; the result is contiguous.
+    #
+    # @return [Numo::NArray]
+    # @example
+    #   b = Numo::Int32[[1, 2], [3, 4]].transpose.to_shared
+    #   b.shared? # => true
+    #   b.to_a    # => [[1, 3], [2, 4]]
+    def to_shared
+      copy = self.class.new_shared(*shape)
+      copy.store(self) unless size.zero?
+      copy
+    end
+
+    # Guards that keep Numo from freeing, replacing or resizing the mapped
+    # memory of a shared array.
+    module SharedGuards
+      # Numo's +free+ would +xfree+ the mapped pointer. For a shared array,
+      # +free+ unmaps it in this process now and freezes the array: reading it
+      # (or a view of it) raises afterwards, and other processes keep theirs.
+      #
+      # @return [self]
+      # @example
+      #   a = Numo::DFloat.new_shared(1_000_000)
+      #   a.free
+      #   a.frozen? # => true
+      def free
+        return self if Numo::Shared::Native.release(self)
+        return self if shared? # a view: Numo ignores free on views too
+
+        super
+      end
+
+      # Numo's +store_binary+ with a frozen String would swap the data pointer
+      # for the String's (detaching the array from shared memory and freeing the
+      # mapping with +xfree+). For shared arrays and their views the bytes are
+      # copied into the shared memory instead, at the right place for views.
+      #
+      # @param string [String] raw bytes in this class's element format
+      # @param offset [Integer] byte offset into +string+
+      # @return [Integer] the number of bytes stored
+      # @example
+      #   a = Numo::Int32.new_shared(2)
+      #   a.store_binary(Numo::Int32[7, 8].to_binary.freeze) # => 8
+      #   a.to_a # => [7, 8]
+      def store_binary(string, offset = 0)
+        return super unless shared?
+        raise TypeError, "no implicit conversion of #{string.class} into String" unless string.is_a?(String)
+        raise ArgumentError, "offset is larger than string length" if offset > string.bytesize
+
+        bytes = byte_size
+        raise ArgumentError, "string is too short to store" if string.bytesize - offset < bytes
+        return bytes if size.zero?
+
+        store(self.class.from_binary(string.byteslice(offset, bytes), shape))
+        bytes
+      end
+
+      # A shared array's size is fixed by its mapping; loading marshal data
+      # into it (which re-initializes the shape) is refused.
+      # @!visibility private
+      def marshal_load(data)
+        raise FrozenError.new("cannot re-initialize a shared array with marshal data", receiver: self) if shared?
+
+        super
+      end
+
+      private
+
+      # Re-running +initialize+ on a shared array would change its size
+      # without changing its mapping; refused.
+      def initialize(*args)
+        raise FrozenError.new("cannot re-initialize a shared array", receiver: self) if shared?
+
+        super
+      end
+    end
+    prepend SharedGuards
+  end
+end

@@ -1,0 +1,26 @@
+# frozen_string_literal: true
+
+require_relative "lib/numo/shared/version"
+
+Gem::Specification.new do |spec|
+  spec.name = "numo-shared"
+  spec.version = Numo::Shared::VERSION
+  spec.authors = ["numo-shared developers"]
+  spec.summary = "Numo::NArray arrays in MAP_SHARED memory, shared with forked processes"
+  spec.description = <<~DESC
+    Numo::NArray arrays backed by shared memory, so that processes forked by Ruby
+    (Process.fork, the parallel gem) write results straight into the parent's arrays,
+    and Numo::Parallel, a drop-in for the parallel gem whose NArray results come back
+    through shared memory instead of Marshal.
+  DESC
+  spec.license = "BSD-3-Clause"
+  spec.required_ruby_version = ">= 3.0"
+
+  spec.files = Dir["lib/**/*.rb", "ext/**/*.{rs,rb,toml}", "Cargo.toml", "README.md", "LICENSE"]
+  spec.require_paths = ["lib"]
+  spec.extensions = ["ext/numo_shared/extconf.rb"]
+
+  spec.add_dependency "numo-narray", "~> 0.9.2"
+  spec.add_dependency "parallel", ">= 1.20", "< 2"
+  spec.add_dependency "rb_sys", ">= 0.9.102", "< 0.10"
+end
