@@ -1,0 +1,14 @@
+# frozen_string_literal: true
+
+require "numo/shared"
+require_relative "support/process_helpers"
+require_relative "support/resource_helpers"
+
+RSpec.configure do |config|
+  config.include ProcessHelpers
+  config.include ResourceHelpers
+  config.disable_monkey_patching!
+  config.order = :random
+  Kernel.srand config.seed
+  config.expect_with(:rspec) { |c| c.syntax = :expect }
+end
