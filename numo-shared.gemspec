@@ -14,7 +14,7 @@ Gem::Specification.new do |spec|
     through shared memory instead of Marshal.
   DESC
   spec.license = "BSD-3-Clause"
-  spec.required_ruby_version = ">= 3.0"
+  spec.required_ruby_version = ">= 3.1"
 
   spec.files = Dir["lib/**/*.rb", "ext/**/*.{rs,rb,toml}", "Cargo.toml", "README.md", "LICENSE"]
   spec.require_paths = ["lib"]
@@ -23,4 +23,5 @@ Gem::Specification.new do |spec|
   spec.add_dependency "numo-narray", "~> 0.9.2"
   spec.add_dependency "parallel", ">= 1.20", "< 2"
   spec.add_dependency "rb_sys", ">= 0.9.102", "< 0.10"
+  spec.metadata["rubygems_mfa_required"] = "true"
 end

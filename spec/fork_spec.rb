@@ -13,7 +13,7 @@ RSpec.describe "Shared arrays across fork" do
   it "works with the parallel gem's processes" do
     a = Numo::Int32.new_shared(8, 100)
     Parallel.each(0...8, in_processes: 2) { |i| a[i, true] = Numo::Int32.new(100).seq(i) }
-    expect(a.sum(axis: 1).to_a).to eq((0...8).map { |i| (0...100).sum + 100 * i })
+    expect(a.sum(axis: 1).to_a).to eq((0...8).map { |i| (0...100).sum + (100 * i) })
   end
 
   it "shows a child's writes to other children forked before them" do

@@ -91,7 +91,6 @@ RSpec.describe "Lifetime of shared memory" do
   end
 
   it "survives GC.stress while making, viewing, copying and dropping arrays" do
-
     results = []
     GC.stress = true
     begin
@@ -116,8 +115,7 @@ RSpec.describe "Lifetime of shared memory" do
   it "stays valid after compaction moves objects around" do
     arrays = Array.new(50) { |i| Numo::Int32.new_shared(8).fill(i) }
     views = arrays.map { |a| a[2..5] }
-    garbage = Array.new(10_000) { Object.new }
-    garbage = nil # rubocop:disable Lint/UselessAssignment
+    Array.new(10_000) { Object.new } # garbage between the arrays, for compaction to fill
     GC.verify_compaction_references(double_heap: true, toward: :empty)
     GC.compact
     views.each_with_index { |v, i| v[0] = i + 100 }
@@ -130,7 +128,7 @@ RSpec.describe "Lifetime of shared memory" do
     a = Numo::DFloat.new_shared(100).seq
     result = in_child do
       a[0] = -1
-      a = nil # rubocop:disable Lint/UselessAssignment
+      a = nil
       full_gc
       Array.new(20) { Numo::DFloat.new_shared(10) }
       full_gc

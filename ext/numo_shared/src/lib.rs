@@ -8,7 +8,9 @@ mod segment;
 mod shape;
 mod shared_array;
 
-use magnus::{function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, Ruby, Value};
+use magnus::{
+    function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, Ruby, Value,
+};
 
 use crate::error::Error;
 
@@ -20,7 +22,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let _ = ruby.get_inner(&error::SHARED_ERROR);
     let _ = ruby.get_inner(&error::LAYOUT_ERROR);
 
-    check_numo_layout(ruby, numo).map_err(|e| e.into_ruby(ruby))?;
+    check_numo_layout(numo).map_err(|e| e.into_ruby(ruby))?;
 
     let native = shared.define_module("Native")?;
     native.define_module_function("create", function!(create, 2))?;
@@ -31,7 +33,6 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
 
     let narray: RClass = numo.const_get("NArray")?;
     narray.define_method("shared?", method!(shared_array::is_shared, 0))?;
-    let _ = shared_array::describe_bytes;
     Ok(())
 }
 
@@ -49,15 +50,14 @@ fn layout_mismatch(probe: Value, shape: Vec<usize>, element_bytes: u32) -> Optio
 
 /// Refuses to load against a numo-narray whose version or struct layout
 /// differs from the mirror in `numo.rs`, and records Numo's root data type.
-fn check_numo_layout(ruby: &Ruby, numo_module: RModule) -> Result<(), Error> {
-    let narray: RClass = numo_module
-        .const_get("NArray")
-        .map_err(|_| Error::Layout("numo-narray is not loaded; require \"numo/narray\" first".into()))?;
+fn check_numo_layout(numo_module: RModule) -> Result<(), Error> {
+    let narray: RClass = numo_module.const_get("NArray").map_err(|_| {
+        Error::Layout("numo-narray is not loaded; require \"numo/narray\" first".into())
+    })?;
     let version: String = narray
         .const_get("VERSION")
         .map_err(|_| Error::Layout("Numo::NArray::VERSION is missing".into()))?;
     numo::check_version(&version)?;
-    let _ = ruby;
     let dfloat: RClass = numo_module
         .const_get("DFloat")
         .map_err(|_| Error::Layout("Numo::DFloat is missing".into()))?;

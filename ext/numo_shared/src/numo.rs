@@ -36,6 +36,19 @@ pub struct NArrayData {
     pub owned: bool,
 }
 
+impl NArrayBase {
+    /// True when `shape` points at this struct's own `size` field, numo-narray's
+    /// convention for 0- and 1-dimensional arrays; such a shape is not freed.
+    pub fn shape_is_inline(&self) -> bool {
+        std::ptr::eq(self.shape, &self.size)
+    }
+
+    /// True when `shape` is a separate buffer from `ruby_xmalloc`.
+    pub fn shape_is_allocated(&self) -> bool {
+        !self.shape.is_null() && !self.shape_is_inline()
+    }
+}
+
 /// `narray_view_t`, as far as we read it: the object the view looks into.
 #[repr(C)]
 pub struct NArrayView {
@@ -148,7 +161,10 @@ pub unsafe fn layout_mismatch(probe: VALUE, shape: &[usize], element_bytes: u32)
     let base = &(*na).base;
     let elements: usize = shape.iter().product();
     if base.kind != NARRAY_DATA_T {
-        return Some(format!("type tag is {}, expected {}", base.kind, NARRAY_DATA_T));
+        return Some(format!(
+            "type tag is {}, expected {}",
+            base.kind, NARRAY_DATA_T
+        ));
     }
     if base.ndim as usize != shape.len() {
         return Some(format!("ndim is {}, expected {}", base.ndim, shape.len()));
@@ -157,7 +173,7 @@ pub unsafe fn layout_mismatch(probe: VALUE, shape: &[usize], element_bytes: u32)
         return Some(format!("size is {}, expected {}", base.size, elements));
     }
     if shape.len() <= 1 {
-        if base.shape as *const usize != &base.size as *const usize {
+        if !base.shape_is_inline() {
             return Some("shape of a 1-d array does not point at its size field".into());
         }
     } else {

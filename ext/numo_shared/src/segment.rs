@@ -26,7 +26,7 @@ impl Segment {
     /// instead of killing the process with SIGBUS on a later write.
     pub fn anonymous(len: usize) -> Result<Segment> {
         check_fits_in_memory(len)?;
-        let name = CStr::from_bytes_with_nul(b"numo-shared\0").expect("static name");
+        let name: &CStr = c"numo-shared";
         let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
             .map_err(|e| Error::os(e, "memfd_create for a shared array"))?;
         reserve(&fd, len, "memfd")?;
@@ -44,7 +44,12 @@ impl Segment {
                 .len(len)
                 .map_mut(fd.as_fd().as_raw_fd())
         }
-        .map_err(|e| io_error(e, format!("mapping {} of shared memory ({place})", human_bytes(len))))?;
+        .map_err(|e| {
+            io_error(
+                e,
+                format!("mapping {} of shared memory ({place})", human_bytes(len)),
+            )
+        })?;
         Ok(Segment { map })
     }
 
@@ -91,7 +96,10 @@ fn check_fits_in_memory(len: usize) -> Result<()> {
 }
 
 fn io_error(err: std::io::Error, context: String) -> Error {
-    let errno = err.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO);
+    let errno = err
+        .raw_os_error()
+        .map(Errno::from_raw)
+        .unwrap_or(Errno::EIO);
     Error::os(errno, context)
 }
 

@@ -19,7 +19,7 @@ use rb_sys::{rb_data_type_struct__bindgen_ty_1, rb_data_type_t, size_t, VALUE};
 
 use crate::error::{Error, Result};
 use crate::numo::{self, NArrayData, NArrayView, TypeInfo, NARRAY_DATA_T, NARRAY_VIEW_T};
-use crate::segment::{human_bytes, Segment};
+use crate::segment::Segment;
 use crate::shape;
 
 /// Our typed-data struct. `data` must stay the first field: Numo casts the
@@ -49,7 +49,10 @@ fn narray_type() -> *const rb_data_type_t {
 /// Our type for objects of the Numo class whose own type is `numo_type`.
 fn shared_type_for(numo_type: *const rb_data_type_t) -> *const rb_data_type_t {
     let mut types = SHARED_TYPES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&(_, ours)) = types.iter().find(|(theirs, _)| *theirs == numo_type as usize) {
+    if let Some(&(_, ours)) = types
+        .iter()
+        .find(|(theirs, _)| *theirs == numo_type as usize)
+    {
         return ours as *const rb_data_type_t;
     }
     // SAFETY: numo_type is a live, static rb_data_type_t of numo-narray.
@@ -102,7 +105,7 @@ unsafe extern "C" fn free_shared(ptr: *mut c_void) {
 /// `reshape!` may have swapped in its own `ruby_xmalloc`ed buffer.
 unsafe fn free_shape(data: &NArrayData) {
     let shape = data.base.shape;
-    if !shape.is_null() && shape as *const usize != &data.base.size as *const usize {
+    if data.base.shape_is_allocated() {
         rb_sys::ruby_xfree(shape as *mut c_void);
     }
 }
@@ -110,8 +113,7 @@ unsafe fn free_shape(data: &NArrayData) {
 unsafe extern "C" fn size_shared(ptr: *const c_void) -> size_t {
     let array = &*(ptr as *const SharedArray);
     let mut size = std::mem::size_of::<SharedArray>();
-    let shape = array.data.base.shape;
-    if !shape.is_null() && shape as *const usize != &array.data.base.size as *const usize {
+    if array.data.base.shape_is_allocated() {
         size += std::mem::size_of::<usize>() * array.data.base.ndim as usize;
     }
     if let Some(segment) = &array.segment {
@@ -132,7 +134,10 @@ fn numo_class_of(klass: RClass, fresh: Value) -> Result<NumoClass> {
     // SAFETY: fresh is a live object returned by klass.new.
     unsafe {
         if !numo::is_typed_data(raw) || rb_sys::rb_typeddata_is_kind_of(raw, narray_type()) == 0 {
-            return Err(Error::Type(format!("{} is not a Numo::NArray class", klass.inspect())));
+            return Err(Error::Type(format!(
+                "{} is not a Numo::NArray class",
+                klass.inspect()
+            )));
         }
         let ty = numo::data_type_of(raw);
         let na = numo::data_ptr_of(raw) as *const NArrayData;
@@ -162,7 +167,10 @@ pub fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value> {
     check_class(ruby, klass)?;
     let (dims, elements) = shape::dimensions(shape)?;
     let fresh: Value = klass
-        .funcall("new", (RArray::from_vec(dims.iter().map(|&d| d as u64).collect()),))
+        .funcall(
+            "new",
+            (RArray::from_vec(dims.iter().map(|&d| d as u64).collect()),),
+        )
         .map_err(|e| Error::Type(format!("{} cannot make arrays: {e}", klass.inspect())))?;
     let class = numo_class_of(klass, fresh)?;
     // SAFETY: info points at numo-narray's static narray_type_info_t.
@@ -198,7 +206,8 @@ fn wrap(
     // The object exists before our struct does, so that an allocation
     // failure here cannot leak the struct or the mapping.
     // SAFETY: a typed-data object with a NULL pointer is never freed by us.
-    let obj = unsafe { rb_sys::rb_data_typed_object_wrap(klass.as_raw(), std::ptr::null_mut(), ty) };
+    let obj =
+        unsafe { rb_sys::rb_data_typed_object_wrap(klass.as_raw(), std::ptr::null_mut(), ty) };
     let mut array = Box::new(SharedArray {
         data: template,
         segment,
@@ -216,8 +225,9 @@ fn wrap(
     } else {
         // SAFETY: numo-narray allocates shapes with ruby_xmalloc; so do we.
         unsafe {
-            let buf = rb_sys::ruby_xmalloc2(dims.len() as size_t, std::mem::size_of::<usize>() as size_t)
-                as *mut usize;
+            let buf =
+                rb_sys::ruby_xmalloc2(dims.len() as size_t, std::mem::size_of::<usize>() as size_t)
+                    as *mut usize;
             std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
             buf
         }
@@ -313,9 +323,4 @@ pub fn release(obj: Value) -> bool {
         rb_sys::rb_obj_freeze(raw);
     }
     true
-}
-
-/// For messages: "1.0 MiB (1048576 bytes)".
-pub fn describe_bytes(obj: Value) -> String {
-    human_bytes(mapped_bytes(obj))
 }

@@ -1,6 +1,8 @@
 # frozen_string_literal: true
 
 module Numo
+  # numo-narray's base class, extended with shared-memory constructors and
+  # guards (see Numo::Shared).
   class NArray
     class << self
       # A new zero-filled array of this class whose data lives in shared memory
@@ -83,14 +85,9 @@ module Numo
       #   a.to_a # => [7, 8]
       def store_binary(string, offset = 0)
         return super unless shared?
-        raise TypeError, "no implicit conversion of #{string.class} into String" unless string.is_a?(String)
-        raise ArgumentError, "offset is larger than string length" if offset > string.bytesize
 
-        bytes = byte_size
-        raise ArgumentError, "string is too short to store" if string.bytesize - offset < bytes
-        return bytes if size.zero?
-
-        store(self.class.from_binary(string.byteslice(offset, bytes), shape))
+        bytes = checked_binary_length(string, offset)
+        store(self.class.from_binary(string.byteslice(offset, bytes), shape)) unless size.zero?
         bytes
       end
 
@@ -104,6 +101,17 @@ module Numo
       end
 
       private
+
+      # The bytes +store_binary+ takes from +string+, checked as Numo checks.
+      def checked_binary_length(string, offset)
+        raise TypeError, "no implicit conversion of #{string.class} into String" unless string.is_a?(String)
+        raise ArgumentError, "offset is larger than string length" if offset > string.bytesize
+
+        bytes = byte_size
+        raise ArgumentError, "string is too short to store" if string.bytesize - offset < bytes
+
+        bytes
+      end
 
       # Re-running +initialize+ on a shared array would change its size
       # without changing its mapping; refused.

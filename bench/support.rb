@@ -1,0 +1,47 @@
+# frozen_string_literal: true
+
+# Shared helpers for the benchmarks: timing medians and printing tables.
+# Benchmarks print; they assert nothing.
+module Bench
+  module_function
+
+  def now
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+
+  # Median wall time in seconds of +runs+ calls of the block (after one
+  # warm-up call). The block may return a number of inner iterations; the
+  # time is then divided by it.
+  def median_time(runs: 7)
+    yield
+    times = Array.new(runs) do
+      GC.start
+      t0 = now
+      iterations = yield
+      elapsed = now - t0
+      iterations.is_a?(Integer) && iterations.positive? ? elapsed / iterations : elapsed
+    end
+    times.sort[times.size / 2]
+  end
+
+  def format_time(seconds)
+    if seconds < 1e-3 then format("%.2f µs", seconds * 1e6)
+    elsif seconds < 1 then format("%.2f ms", seconds * 1e3)
+    else
+      format("%.3f s", seconds)
+    end
+  end
+
+  # Prints a Markdown table: +rows+ is an array of arrays of strings.
+  def table(headers, rows)
+    widths = headers.each_index.map { |i| ([headers[i]] + rows.map { |r| r[i] }).map(&:size).max }
+    line = ->(cells) { "| #{cells.each_with_index.map { |c, i| c.ljust(widths[i]) }.join(' | ')} |" }
+    puts line.call(headers)
+    puts "|#{widths.map { |w| '-' * (w + 2) }.join('|')}|"
+    rows.each { |r| puts line.call(r) }
+  end
+
+  def ratio(value, reference)
+    format("%.2fx", value / reference)
+  end
+end
