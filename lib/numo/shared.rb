@@ -39,3 +39,5 @@ module Numo
     end
   end
 end
+
+require_relative "parallel"

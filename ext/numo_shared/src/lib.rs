@@ -2,6 +2,7 @@
 //!
 //! `lib.rs` only wires Ruby names to the modules that do the work.
 
+mod arena;
 mod error;
 mod numo;
 mod segment;
@@ -31,6 +32,15 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("release", function!(shared_array::release, 1))?;
     native.define_module_function("layout_mismatch", function!(layout_mismatch, 3))?;
 
+    let arena = shared.define_class("Arena", ruby.class_object())?;
+    arena.define_singleton_method("new", function!(arena_new, 0))?;
+    arena.define_method("export_target", method!(arena_export_target, 2))?;
+    arena.define_method("claim", method!(arena_claim, 3))?;
+    arena.define_method("close", method!(arena_close, 0))?;
+    arena.define_method("closed?", method!(arena::Arena::is_closed, 0))?;
+    arena.define_method("used_bytes", method!(arena_used_bytes, 0))?;
+    arena.define_method("owner_pid", method!(arena::Arena::owner_pid, 0))?;
+
     let narray: RClass = numo.const_get("NArray")?;
     narray.define_method("shared?", method!(shared_array::is_shared, 0))?;
     Ok(())
@@ -38,6 +48,37 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
 
 fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value, magnus::Error> {
     shared_array::create(ruby, klass, shape).map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_new(ruby: &Ruby) -> Result<arena::Arena, magnus::Error> {
+    arena::Arena::new().map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_export_target(
+    ruby: &Ruby,
+    rb_self: &arena::Arena,
+    klass: RClass,
+    shape: RArray,
+) -> Result<RArray, magnus::Error> {
+    arena::Arena::export_target(ruby, rb_self, klass, shape).map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_claim(
+    ruby: &Ruby,
+    rb_self: &arena::Arena,
+    obj: Value,
+    shape: RArray,
+    offset: u64,
+) -> Result<Value, magnus::Error> {
+    arena::Arena::claim(ruby, rb_self, obj, shape, offset).map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_close(ruby: &Ruby, rb_self: &arena::Arena) -> Result<(), magnus::Error> {
+    rb_self.close().map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_used_bytes(ruby: &Ruby, rb_self: &arena::Arena) -> Result<u64, magnus::Error> {
+    rb_self.used_bytes().map_err(|e| e.into_ruby(ruby))
 }
 
 /// `Numo::Shared::Native.layout_mismatch(array, shape, element_bytes)`: what

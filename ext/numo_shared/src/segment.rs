@@ -18,6 +18,25 @@ use crate::error::{Error, Result};
 /// A shared, writable mapping, unmapped on drop.
 pub struct Segment {
     map: MmapMut,
+    /// When set, dropping the segment in this process (and only this one)
+    /// also frees its pages in the file behind it (`MADV_REMOVE`): the
+    /// segment is the only user of that range of a larger file.
+    release_pages_in: Option<nix::unistd::Pid>,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.release_pages_in == Some(nix::unistd::getpid()) && !self.map.is_empty() {
+            // SAFETY: the range is our own mapping; nothing else uses its pages.
+            unsafe {
+                libc::madvise(
+                    self.map.as_mut_ptr() as *mut libc::c_void,
+                    self.map.len(),
+                    libc::MADV_REMOVE,
+                );
+            }
+        }
+    }
 }
 
 impl Segment {
@@ -50,7 +69,17 @@ impl Segment {
                 format!("mapping {} of shared memory ({place})", human_bytes(len)),
             )
         })?;
-        Ok(Segment { map })
+        Ok(Segment {
+            map,
+            release_pages_in: None,
+        })
+    }
+
+    /// Makes dropping this segment in the current process free its pages in
+    /// the file behind it (the segment owns that range alone).
+    pub fn release_pages_on_drop(mut self) -> Segment {
+        self.release_pages_in = Some(nix::unistd::getpid());
+        self
     }
 
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
@@ -80,22 +109,26 @@ pub fn reserve(fd: &OwnedFd, len: usize, place: &str) -> Result<()> {
 /// Refuses a size larger than the machine's RAM and swap together before any
 /// page is touched: reserving it would only end in the OOM killer.
 fn check_fits_in_memory(len: usize) -> Result<()> {
-    let info = nix::sys::sysinfo::sysinfo().map_err(|e| Error::os(e, "sysinfo"))?;
-    let total = info.ram_total().saturating_add(info.swap_total());
-    if (len as u64) > total {
+    if (len as u64) > memory_total()? {
         return Err(Error::os(
             Errno::ENOMEM,
             format!(
                 "reserving {} of shared memory: more than this machine's RAM and swap ({})",
                 human_bytes(len),
-                human_bytes(total as usize)
+                human_bytes(memory_total()? as usize)
             ),
         ));
     }
     Ok(())
 }
 
-fn io_error(err: std::io::Error, context: String) -> Error {
+/// RAM and swap together, in bytes.
+pub fn memory_total() -> Result<u64> {
+    let info = nix::sys::sysinfo::sysinfo().map_err(|e| Error::os(e, "sysinfo"))?;
+    Ok(info.ram_total().saturating_add(info.swap_total()))
+}
+
+pub fn io_error(err: std::io::Error, context: String) -> Error {
     let errno = err
         .raw_os_error()
         .map(Errno::from_raw)

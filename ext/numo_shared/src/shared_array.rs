@@ -164,6 +164,26 @@ fn numo_class_of(klass: RClass, fresh: Value) -> Result<NumoClass> {
 /// `Numo::DFloat.new_shared(2, 3)`: a zero-filled array of `klass` and
 /// `shape` in a fresh anonymous shared segment.
 pub fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value> {
+    let plan = plan(ruby, klass, shape)?;
+    let segment = if plan.bytes == 0 {
+        None
+    } else {
+        Some(Segment::anonymous(plan.bytes)?)
+    };
+    Ok(plan.wrap(klass, segment))
+}
+
+/// A checked request for an array of some class and shape: what its struct
+/// looks like and how many bytes of data it needs.
+pub struct Plan {
+    numo_type: *const rb_data_type_t,
+    template: NArrayData,
+    dims: Vec<usize>,
+    pub bytes: usize,
+}
+
+/// Checks `klass` and `shape` and works out the data size, without mapping.
+pub fn plan(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Plan> {
     check_class(ruby, klass)?;
     let (dims, elements) = shape::dimensions(shape)?;
     let fresh: Value = klass
@@ -183,61 +203,95 @@ pub fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value> {
                 klass.inspect()
             ))
         })?;
-    let segment = if bytes == 0 {
-        None
-    } else {
-        Some(Segment::anonymous(bytes)?)
-    };
     // SAFETY: fresh is a Numo data array (checked above).
     let template = unsafe { *(numo::data_ptr_of(fresh.as_raw()) as *const NArrayData) };
-    Ok(wrap(klass, class.numo_type, template, &dims, segment))
+    Ok(Plan {
+        numo_type: class.numo_type,
+        template,
+        dims,
+        bytes,
+    })
 }
 
-/// Makes the Ruby object: our struct, filled from Numo's `template`, over
-/// `segment`.
-fn wrap(
-    klass: RClass,
-    numo_type: *const rb_data_type_t,
-    template: NArrayData,
-    dims: &[usize],
-    segment: Option<Segment>,
-) -> Value {
-    let ty = shared_type_for(numo_type);
-    // The object exists before our struct does, so that an allocation
-    // failure here cannot leak the struct or the mapping.
-    // SAFETY: a typed-data object with a NULL pointer is never freed by us.
-    let obj =
-        unsafe { rb_sys::rb_data_typed_object_wrap(klass.as_raw(), std::ptr::null_mut(), ty) };
-    let mut array = Box::new(SharedArray {
-        data: template,
-        segment,
-    });
-    let bytes = array.segment.as_ref().map_or(0, Segment::len);
-    array.data.ptr = match array.segment.as_mut() {
-        Some(segment) => segment.as_mut_ptr(),
-        None => std::ptr::null_mut(),
-    };
-    array.data.owned = true;
-    array.data.base.ndim = dims.len() as u8;
-    array.data.base.size = dims.iter().product();
-    array.data.base.shape = if dims.len() <= 1 {
-        &mut array.data.base.size as *mut usize
-    } else {
-        // SAFETY: numo-narray allocates shapes with ruby_xmalloc; so do we.
-        unsafe {
-            let buf =
-                rb_sys::ruby_xmalloc2(dims.len() as size_t, std::mem::size_of::<usize>() as size_t)
-                    as *mut usize;
-            std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
-            buf
-        }
-    };
-    // SAFETY: obj is ours, its pointer is still NULL.
-    unsafe {
-        numo::set_data_ptr(obj, Box::into_raw(array) as *mut c_void);
-        rb_sys::rb_gc_adjust_memory_usage(bytes as _);
-        Value::from_raw(obj)
+impl Plan {
+    /// A new Ruby object of `klass` over `segment`.
+    pub fn wrap(&self, klass: RClass, segment: Option<Segment>) -> Value {
+        let ty = shared_type_for(self.numo_type);
+        // The object exists before our struct does, so that an allocation
+        // failure here cannot leak the struct or the mapping.
+        // SAFETY: a typed-data object with a NULL pointer is never freed by us.
+        let obj =
+            unsafe { rb_sys::rb_data_typed_object_wrap(klass.as_raw(), std::ptr::null_mut(), ty) };
+        let array = self.build(segment);
+        // SAFETY: obj is ours, its pointer is still NULL.
+        unsafe { install(obj, array) }
     }
+
+    /// Turns `obj`, an unallocated array just made by its class's allocator
+    /// (as `Marshal.load` makes them), into a shared array over `segment`.
+    pub fn adopt(&self, obj: Value, segment: Option<Segment>) -> Result<Value> {
+        let raw = obj.as_raw();
+        // SAFETY: checked to be an unallocated Numo data array of this type.
+        unsafe {
+            let old = numo::data_ptr_of(raw) as *mut NArrayData;
+            if !numo::is_typed_data(raw)
+                || numo::data_type_of(raw) != self.numo_type
+                || old.is_null()
+                || (*old).base.kind != NARRAY_DATA_T
+                || !(*old).ptr.is_null()
+            {
+                return Err(Error::Type(
+                    "only a freshly allocated array of the same class can adopt shared memory"
+                        .into(),
+                ));
+            }
+            let array = self.build(segment);
+            let ty = shared_type_for(self.numo_type);
+            // No allocation (so no GC) between the swap and the free.
+            (*(raw as *mut rb_sys::RTypedData)).type_ = ty;
+            numo::set_data_ptr(raw, std::ptr::null_mut());
+            free_shape(&*old);
+            rb_sys::ruby_xfree(old as *mut c_void);
+            Ok(install(raw, array))
+        }
+    }
+
+    fn build(&self, segment: Option<Segment>) -> Box<SharedArray> {
+        let mut array = Box::new(SharedArray {
+            data: self.template,
+            segment,
+        });
+        let dims = &self.dims;
+        array.data.ptr = match array.segment.as_mut() {
+            Some(segment) => segment.as_mut_ptr(),
+            None => std::ptr::null_mut(),
+        };
+        array.data.owned = true;
+        array.data.base.ndim = dims.len() as u8;
+        array.data.base.size = dims.iter().product();
+        array.data.base.shape = if dims.len() <= 1 {
+            &mut array.data.base.size as *mut usize
+        } else {
+            // SAFETY: numo-narray allocates shapes with ruby_xmalloc; so do we.
+            unsafe {
+                let buf = rb_sys::ruby_xmalloc2(
+                    dims.len() as size_t,
+                    std::mem::size_of::<usize>() as size_t,
+                ) as *mut usize;
+                std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
+                buf
+            }
+        };
+        array
+    }
+}
+
+/// Puts `array` behind `obj`, whose data pointer is NULL and whose type is ours.
+unsafe fn install(obj: VALUE, array: Box<SharedArray>) -> Value {
+    let bytes = array.segment.as_ref().map_or(0, Segment::len);
+    numo::set_data_ptr(obj, Box::into_raw(array) as *mut c_void);
+    rb_sys::rb_gc_adjust_memory_usage(bytes as _);
+    Value::from_raw(obj)
 }
 
 fn check_class(ruby: &Ruby, klass: RClass) -> Result<()> {

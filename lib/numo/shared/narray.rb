@@ -91,10 +91,23 @@ module Numo
         bytes
       end
 
-      # A shared array's size is fixed by its mapping; loading marshal data
-      # into it (which re-initializes the shape) is refused.
+      # Inside a worker of Numo::Parallel, while its result is sent to the
+      # parent, an array is copied into the parent's results arena and only a
+      # handle is marshaled. Everywhere else: Numo's full data, as always.
+      # @!visibility private
+      def marshal_dump
+        arena = Numo::Parallel.exporting_to
+        return super unless arena
+
+        Numo::Parallel.export(self, arena)
+      end
+
+      # Turns a handle from a Numo::Parallel worker into the shared array it
+      # names. A shared array's size is fixed by its mapping, so loading other
+      # marshal data into one (which re-initializes the shape) is refused.
       # @!visibility private
       def marshal_load(data)
+        return Numo::Parallel.claim(self, data) if data.is_a?(Array) && data[0] == Numo::Parallel::HANDLE_TAG
         raise FrozenError.new("cannot re-initialize a shared array with marshal data", receiver: self) if shared?
 
         super

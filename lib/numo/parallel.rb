@@ -1,0 +1,155 @@
+# frozen_string_literal: true
+
+require "parallel"
+require_relative "shared"
+
+module Numo
+  # A drop-in for the parallel gem (same methods, arguments, options and
+  # results) whose Numo::NArray results come back from worker processes
+  # through shared memory: the pipe carries a small handle, not the bytes.
+  #
+  # @example
+  #   require "numo/parallel"
+  #   frames = Numo::Parallel.map(0...8, in_processes: 2) { |i| Numo::UInt8.new(210, 160, 3).fill(i) }
+  #   frames.map(&:shared?).all? # => true
+  module Parallel
+    # Marks marshal data that is a handle to a block of a results arena.
+    HANDLE_TAG = "numo-shared/arena-v1"
+
+    # The iteration methods of the parallel gem that take a block per item.
+    ITERATION_METHODS = %i[map each map_with_index each_with_index flat_map filter_map any? all?].freeze
+
+    @arenas = {}
+    @arenas_lock = Mutex.new
+
+    class << self
+      ITERATION_METHODS.each do |name|
+        next unless ::Parallel.respond_to?(name)
+
+        # @!method map(source, options = {}, &block)
+        #   {::Parallel.map} with NArray results returned through shared memory.
+        #   @example
+        #     Numo::Parallel.map([1, 2], in_processes: 2) { |n| Numo::DFloat.new(n).seq } # => [DFloat[0], DFloat[0, 1]]
+        define_method(name) do |*args, &block|
+          through_shared_memory(args, block) { |worker_block| ::Parallel.public_send(name, *args, &worker_block) }
+        end
+      end
+
+      # {::Parallel.in_processes}: runs the block once in each of +count+
+      # processes and returns the results, NArrays through shared memory.
+      #
+      # @example
+      #   Numo::Parallel.in_processes(2) { |i| Numo::Int32[i] } # => [Int32[0], Int32[1]]
+      def in_processes(options = {}, &)
+        count = options.is_a?(Hash) ? options[:count] : options
+        opts = options.is_a?(Hash) ? options : {}
+        count ||= ::Parallel.processor_count
+        map(0...count, opts.merge(in_processes: count), &)
+      end
+
+      # {::Parallel.in_threads}, unchanged: threads share memory already.
+      #
+      # @example
+      #   Numo::Parallel.in_threads(2) { |i| i } # => [0, 1]
+      def in_threads(...)
+        ::Parallel.in_threads(...)
+      end
+
+      # One shared array of shape +[n, *shape]+ whose row +i+ holds the
+      # block's value for the +i+th item, written by the worker directly into
+      # the parent's memory. Options are those of {::Parallel.each}.
+      #
+      # @param source [Array, Range, #to_a] the items (their count must be known)
+      # @param type [Class] a numeric Numo class
+      # @param shape [Array<Integer>] the shape of one block value
+      # @return [Numo::NArray] shared, of class +type+
+      # @raise [ArgumentError] when a block value has another shape, naming the item
+      # @example The seed scenario: [2,3,3] from two children
+      #   a = Numo::Parallel.stack([0, 1], type: Numo::DFloat, shape: [3, 3], in_processes: 2) do |i|
+      #     Numo::DFloat.new(3, 3).fill(i)
+      #   end
+      #   a.shape # => [2, 3, 3]
+      def stack(source, type:, shape:, **options, &block)
+        raise ArgumentError, "stack needs a block" unless block
+
+        items = source.respond_to?(:to_ary) ? source.to_ary : source.to_a
+        out = type.new_shared(items.size, *shape)
+        row_shape = Array(shape)
+        ::Parallel.each_with_index(items, options) do |item, index|
+          out[index, *Array.new(row_shape.size, true)] = stack_row(block.call(item), type, row_shape, item, index)
+          nil
+        end
+        out
+      end
+
+      # Whether the parallel gem would fork for these options.
+      # @!visibility private
+      def forks?(options)
+        return false unless Process.respond_to?(:fork)
+        return false if options[:in_threads] || options[:in_ractors]
+
+        options.fetch(:in_processes) { ::Parallel.processor_count }.to_i.positive?
+      end
+
+      # The arena whose handles this process's NArray#marshal_dump writes
+      # (set only in a worker, between an item's end and its result's dump).
+      # @!visibility private
+      attr_accessor :exporting_to
+
+      # @!visibility private
+      def claim(array, handle)
+        _tag, token, shape, offset = handle
+        arena = @arenas_lock.synchronize { @arenas[token] }
+        raise ArgumentError, "marshal data names a results arena that is not open in this process" unless arena
+
+        arena.claim(array, shape, offset)
+      end
+
+      # @!visibility private
+      def export(array, arena)
+        offset, target = arena.export_target(array.class, array.shape)
+        target.store(array) unless array.empty?
+        target.free
+        [HANDLE_TAG, token_of(arena), array.shape, offset]
+      end
+
+      private
+
+      def through_shared_memory(args, block)
+        options = args[1].is_a?(Hash) ? args[1] : {}
+        return yield(block) unless block && forks?(options)
+
+        arena = Numo::Shared::Arena.new
+        token = token_of(arena)
+        @arenas_lock.synchronize { @arenas[token] = arena }
+        begin
+          yield(worker_block(arena, block))
+        ensure
+          @arenas_lock.synchronize { @arenas.delete(token) }
+          arena.close
+        end
+      end
+
+      def token_of(arena)
+        "#{arena.owner_pid}-#{arena.object_id}"
+      end
+
+      def worker_block(arena, block)
+        lambda do |*item|
+          Numo::Parallel.exporting_to = nil
+          result = block.call(*item)
+          Numo::Parallel.exporting_to = arena if Process.pid != arena.owner_pid
+          result
+        end
+      end
+
+      def stack_row(value, type, shape, item, index)
+        row = value.is_a?(Numo::NArray) ? value : type.cast(value)
+        return row if row.shape == shape || (shape.empty? && row.size == 1)
+
+        raise ArgumentError,
+              "item #{index} (#{item.inspect}) gave shape #{row.shape.inspect}, expected #{shape.inspect}"
+      end
+    end
+  end
+end
