@@ -127,7 +127,7 @@ impl Arena {
                         ),
                     ));
                 }
-                reserve_block(open, offset, block, plan.bytes)?;
+                segment::allocate_range(&open.fd, offset, block, plan.bytes, "results arena")?;
                 let seg = Segment::map_shared(&open.fd, offset, plan.bytes, "results arena")?;
                 Ok((offset, Some(seg)))
             })?
@@ -205,18 +205,6 @@ impl Arena {
         Ok(())
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
-    }
-
-    /// Bytes handed out so far (for tests and diagnostics).
-    pub fn used_bytes(&self) -> Result<u64> {
-        self.with_open(|open| Ok(open.cursor().load(Ordering::SeqCst) - PAGE))
-    }
-
     /// The process that made the arena.
     pub fn owner_pid(&self) -> i32 {
         self.owner.as_raw()
@@ -227,26 +215,6 @@ fn bad_handle(offset: u64) -> Error {
     Error::Argument(format!(
         "no block of the results arena starts at offset {offset}"
     ))
-}
-
-fn reserve_block(open: &Open, offset: u64, block: u64, bytes: usize) -> Result<()> {
-    let what = || {
-        format!(
-            "reserving {} of shared memory (results arena)",
-            segment::human_bytes(bytes)
-        )
-    };
-    let (off, len) = (
-        libc::off_t::try_from(offset).map_err(|_| Error::os(Errno::EFBIG, what()))?,
-        libc::off_t::try_from(block).map_err(|_| Error::os(Errno::EFBIG, what()))?,
-    );
-    loop {
-        match nix::fcntl::posix_fallocate(open.fd.as_raw_fd(), off, len) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(Error::os(e, what())),
-        }
-    }
 }
 
 fn punch(fd: &OwnedFd, offset: u64, len: u64) {

@@ -37,8 +37,6 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     arena.define_method("export_target", method!(arena_export_target, 2))?;
     arena.define_method("claim", method!(arena_claim, 3))?;
     arena.define_method("close", method!(arena_close, 0))?;
-    arena.define_method("closed?", method!(arena::Arena::is_closed, 0))?;
-    arena.define_method("used_bytes", method!(arena_used_bytes, 0))?;
     arena.define_method("owner_pid", method!(arena::Arena::owner_pid, 0))?;
 
     let narray: RClass = numo.const_get("NArray")?;
@@ -75,10 +73,6 @@ fn arena_claim(
 
 fn arena_close(ruby: &Ruby, rb_self: &arena::Arena) -> Result<(), magnus::Error> {
     rb_self.close().map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_used_bytes(ruby: &Ruby, rb_self: &arena::Arena) -> Result<u64, magnus::Error> {
-    rb_self.used_bytes().map_err(|e| e.into_ruby(ruby))
 }
 
 /// `Numo::Shared::Native.layout_mismatch(array, shape, element_bytes)`: what

@@ -94,28 +94,52 @@ impl Segment {
 /// Sizes `fd` to `len` bytes and allocates every block, so that a full tmpfs
 /// or memory limit is reported now, as an exception naming the size.
 pub fn reserve(fd: &OwnedFd, len: usize, place: &str) -> Result<()> {
-    let what = || format!("reserving {} of shared memory ({place})", human_bytes(len));
-    let off = libc::off_t::try_from(len).map_err(|_| Error::os(Errno::EFBIG, what()))?;
-    nix::unistd::ftruncate(fd, off).map_err(|e| Error::os(e, what()))?;
+    let off =
+        libc::off_t::try_from(len).map_err(|_| Error::os(Errno::EFBIG, reserving(len, place)))?;
+    nix::unistd::ftruncate(fd, off).map_err(|e| Error::os(e, reserving(len, place)))?;
+    allocate_range(fd, 0, len as u64, len, place)
+}
+
+/// Allocates the blocks of `fd` in `offset..offset + len`; `bytes` and
+/// `place` name the request in the error.
+pub fn allocate_range(
+    fd: &OwnedFd,
+    offset: u64,
+    len: u64,
+    bytes: usize,
+    place: &str,
+) -> Result<()> {
+    let to_off_t = |n: u64| {
+        libc::off_t::try_from(n).map_err(|_| Error::os(Errno::EFBIG, reserving(bytes, place)))
+    };
+    let (offset, len) = (to_off_t(offset)?, to_off_t(len)?);
     loop {
-        match nix::fcntl::posix_fallocate(fd.as_raw_fd(), 0, off) {
+        match nix::fcntl::posix_fallocate(fd.as_raw_fd(), offset, len) {
             Ok(()) => return Ok(()),
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(Error::os(e, what())),
+            Err(e) => return Err(Error::os(e, reserving(bytes, place))),
         }
     }
+}
+
+fn reserving(bytes: usize, place: &str) -> String {
+    format!(
+        "reserving {} of shared memory ({place})",
+        human_bytes(bytes)
+    )
 }
 
 /// Refuses a size larger than the machine's RAM and swap together before any
 /// page is touched: reserving it would only end in the OOM killer.
 fn check_fits_in_memory(len: usize) -> Result<()> {
-    if (len as u64) > memory_total()? {
+    let total = memory_total()?;
+    if (len as u64) > total {
         return Err(Error::os(
             Errno::ENOMEM,
             format!(
                 "reserving {} of shared memory: more than this machine's RAM and swap ({})",
                 human_bytes(len),
-                human_bytes(memory_total()? as usize)
+                human_bytes(total as usize)
             ),
         ));
     }
