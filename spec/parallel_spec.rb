@@ -65,6 +65,12 @@ RSpec.describe Numo::Parallel do
     expect(described_class.all?([1, 2, 3], opts) { |i| i < 3 }).to be(false)
   end
 
+  it "uses shared memory when in_processes is nil, as the gem then forks processor_count workers" do
+    ours = described_class.map([1, 2], in_processes: nil) { |n| Numo::DFloat.new(n).seq }
+    expect(ours).to eq([Numo::DFloat[0], Numo::DFloat[0, 1]])
+    expect(ours).to all(be_shared)
+  end
+
   it "works the same in threads and with zero workers" do
     [{ in_threads: 2 }, { in_processes: 0 }].each do |opts|
       expect(described_class.map([1, 2], opts) do |n|

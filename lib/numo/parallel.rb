@@ -31,7 +31,7 @@ module Numo
         #   @example
         #     Numo::Parallel.map([1, 2], in_processes: 2) { |n| Numo::DFloat.new(n).seq } # => [DFloat[0], DFloat[0, 1]]
         define_method(name) do |*args, &block|
-          through_shared_memory(args, block) { |worker_block| ::Parallel.public_send(name, *args, &worker_block) }
+          through_shared_memory(block) { |worker_block| ::Parallel.public_send(name, *args, &worker_block) }
         end
       end
 
@@ -82,15 +82,6 @@ module Numo
         out
       end
 
-      # Whether the parallel gem would fork for these options.
-      # @!visibility private
-      def forks?(options)
-        return false unless Process.respond_to?(:fork)
-        return false if options[:in_threads] || options[:in_ractors]
-
-        options.fetch(:in_processes) { ::Parallel.processor_count }.to_i.positive?
-      end
-
       # The arena whose handles this process's NArray#marshal_dump writes
       # (set only in a worker, between an item's end and its result's dump).
       # @!visibility private
@@ -115,9 +106,11 @@ module Numo
 
       private
 
-      def through_shared_memory(args, block)
-        options = args[1].is_a?(Hash) ? args[1] : {}
-        return yield(block) unless block && forks?(options)
+      # Whether the parallel gem forks is its own decision (in_threads,
+      # in_processes: 0 or nil, fewer items than workers, ...): the arena is
+      # made either way, and only a block running in another process exports.
+      def through_shared_memory(block)
+        return yield(block) unless block
 
         arena = Numo::Shared::Arena.new
         token = token_of(arena)
