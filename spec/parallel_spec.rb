@@ -3,10 +3,6 @@
 ParallelSpecPoint = Struct.new(:label, :data)
 
 RSpec.describe Numo::Parallel do
-  def results_maps
-    File.foreach("/proc/self/maps").count { |line| line.include?("numo-shared-results") }
-  end
-
   def frame(index)
     Numo::UInt8.new(21, 16, 3).seq(index) # wraps around at 256, as UInt8 does
   end
@@ -88,7 +84,7 @@ RSpec.describe Numo::Parallel do
 
   it "leaves nothing behind when a worker is SIGKILLed mid-item" do
     full_gc
-    maps = results_maps
+    mapped = results_mapped_bytes
     fds = fd_count
     shm = Dir.children("/dev/shm")
     expect do
@@ -98,20 +94,21 @@ RSpec.describe Numo::Parallel do
       end
     end.to raise_error(Parallel::DeadWorker)
     full_gc
-    expect(results_maps).to eq(maps)
+    expect(results_mapped_bytes).to eq(mapped)
     expect(fd_count).to eq(fds)
     expect(Dir.children("/dev/shm")).to match_array(shm)
   end
 
   it "gives each result its own memory, freed when that result is collected" do
     full_gc
-    maps = results_maps
+    mapped = results_mapped_bytes
+    block = 81_920 # 10,000 DFloats (80,000 bytes) in whole pages
     results = described_class.map(0...4, in_processes: 2) { |i| Numo::DFloat.new(10_000).seq(i) }
-    expect(results_maps).to eq(maps + 4)
+    expect(results_mapped_bytes).to eq(mapped + (4 * block))
     keep = results[3]
     results = nil # rubocop:disable Lint/UselessAssignment
     full_gc
-    expect(results_maps).to eq(maps + 1)
+    expect(results_mapped_bytes).to eq(mapped + block)
     expect(keep[0]).to eq(3.0)
   end
 

@@ -2,9 +2,27 @@
 
 # Counting what the process holds: mappings of shared arrays and descriptors.
 module ResourceHelpers
-  # Mappings of this gem's anonymous segments in this process.
+  # Sizes in bytes of this process's mappings whose path contains +name+.
+  # (The kernel may merge adjacent mappings of one file into one line, so
+  # sizes are exact where line counts are not.)
+  def mapping_sizes(name)
+    File.foreach("/proc/self/maps").filter_map do |line|
+      next unless line.include?(name)
+
+      from, to = line[/\A\h+-\h+/].split("-").map(&:hex)
+      to - from
+    end
+  end
+
+  # Mappings of this gem's anonymous segments in this process (one memfd
+  # each, so they never merge).
   def shared_mapping_count
-    File.foreach("/proc/self/maps").count { |line| line.include?("memfd:numo-shared") }
+    mapping_sizes("memfd:numo-shared").size
+  end
+
+  # Bytes mapped from Numo::Parallel's results arenas in this process.
+  def results_mapped_bytes
+    mapping_sizes("memfd:numo-shared-results").sum
   end
 
   # All mappings of this process.
