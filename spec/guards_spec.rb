@@ -63,6 +63,17 @@ RSpec.describe "Numo methods that would free or replace shared memory" do
       expect(a).to be_shared
     end
 
+    it "keeps the array attached: a child's later write is seen by the parent" do
+      a = Numo::DFloat.new_shared(2)
+      a.store_binary([1.0, 2.0].pack("E2").freeze)
+      pid = fork do
+        a[1] = 9
+        exit!(0)
+      end
+      Process.wait(pid)
+      expect(a.to_a).to eq([1.0, 9.0])
+    end
+
     it "honours the offset and writes a view's elements in place" do
       a = Numo::Int16.new_shared(2, 3)
       bytes = "xx#{Numo::Int16[4, 5, 6].to_binary}".b.freeze
