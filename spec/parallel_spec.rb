@@ -1,124 +1,297 @@
 # frozen_string_literal: true
 
+require "stringio"
+
 ParallelSpecPoint = Struct.new(:label, :data)
 
 RSpec.describe Numo::Parallel do
+  let(:opts) { { in_processes: 2 } }
+
+  # An Atari-sized frame: 100,800 bytes, above OWN_MAPPING_BYTES.
   def frame(index)
-    Numo::UInt8.new(21, 16, 3).seq(index) # wraps around at 256, as UInt8 does
+    Numo::UInt8.new(210, 160, 3).seq(index) # wraps around at 256, as UInt8 does
   end
 
-  it "returns the same values, classes and shapes as Parallel.map" do
-    theirs = Parallel.map(0...6, in_processes: 2) { |i| frame(i) }
-    ours = described_class.map(0...6, in_processes: 2) { |i| frame(i) }
-    expect(ours).to eq(theirs)
-    expect(ours.map(&:class).uniq).to eq([Numo::UInt8])
-    expect(ours).to all(be_shared)
-  end
-
-  it "returns every numeric class, views and non-contiguous arrays" do
-    block = lambda do |klass|
-      base = klass == Numo::Bit ? Numo::Bit[[1, 0, 1], [0, 1, 1]] : klass.new(4, 3).seq
-      [base, base.transpose, base[true, (0..).step(2)], base[[1, 0], 1..]]
-    end
-    theirs = Parallel.map(Numo::Shared::CLASSES, in_processes: 2, &block)
-    ours = described_class.map(Numo::Shared::CLASSES, in_processes: 2, &block)
-    expect(ours).to eq(theirs)
-    expect(ours.flatten.map(&:shape)).to eq(theirs.flatten.map(&:shape))
-    expect(ours.flatten).to all(be_shared)
-  end
-
-  it "finds arrays nested in Arrays, Hashes and Structs" do
-    block = ->(n) { { n:, parts: [Numo::DFloat.new(n).seq, ParallelSpecPoint.new("p", Numo::Int16[n])] } }
-    ours = described_class.map([1, 3], in_processes: 2, &block)
-    expect(ours).to eq(Parallel.map([1, 3], in_processes: 2, &block))
-    expect(ours[1][:parts][1].data).to be_shared
-  end
-
-  it "sends a handle, not the bytes, through the pipe" do
-    # The worker's Marshal.dump to the pipe is measured in the worker and
-    # written into shared memory for the parent to read.
+  # What the pipe carried for the last NArray a worker sent, measured in the
+  # worker and written into shared memory for the parent to read.
+  def recording_pipe_bytes
     recorded = Numo::Int64.new_shared(1)
     allow(Marshal).to receive(:dump).and_wrap_original do |original, obj, *rest|
       recorded[0] = original.call(obj).bytesize if rest.first.is_a?(IO) && obj.is_a?(Numo::NArray)
       original.call(obj, *rest)
     end
-    result = described_class.map([0], in_processes: 1) { Numo::DFloat.new(100_000).seq }
-    expect(result[0]).to eq(Numo::DFloat.new(100_000).seq)
-    expect(recorded[0]).to be_between(1, 200)
-    Parallel.map([0], in_processes: 1) { Numo::DFloat.new(100_000).seq }
-    expect(recorded[0]).to be > 800_000
+    recorded
   end
 
-  it "supports map_with_index, each, each_with_index, flat_map, any? and all?" do
-    opts = { in_processes: 2 }
-    expect(described_class.map_with_index(%w[a b], opts) { |s, i| Numo::Int32[i, s.ord] })
-      .to eq(Parallel.map_with_index(%w[a b], opts) { |s, i| Numo::Int32[i, s.ord] })
-    expect(described_class.each([1, 2], opts) { |i| Numo::DFloat[i] }).to eq([1, 2])
-    expect(described_class.each_with_index([5, 6], opts) { |x, i| Numo::DFloat[x, i] }).to eq([5, 6])
-    expect(described_class.flat_map([1, 2], opts) { |i| [Numo::Int8[i], i] })
-      .to eq(Parallel.flat_map([1, 2], opts) { |i| [Numo::Int8[i], i] })
-    expect(described_class.any?([1, 2, 3], opts) { |i| i == 2 }).to be(true)
-    expect(described_class.all?([1, 2, 3], opts) { |i| i < 3 }).to be(false)
-  end
+  describe "results" do
+    it "returns the same values, classes and shapes as Parallel.map, large ones in shared memory" do
+      theirs = Parallel.map(0...6, opts) { |i| frame(i) }
+      ours = described_class.map(0...6, opts) { |i| frame(i) }
+      expect(ours).to eq(theirs)
+      expect(ours.map(&:class).uniq).to eq([Numo::UInt8])
+      expect(ours).to all(be_shared)
+    end
 
-  it "uses shared memory when in_processes is nil, as the gem then forks processor_count workers" do
-    ours = described_class.map([1, 2], in_processes: nil) { |n| Numo::DFloat.new(n).seq }
-    expect(ours).to eq([Numo::DFloat[0], Numo::DFloat[0, 1]])
-    expect(ours).to all(be_shared)
-  end
+    it "returns every numeric class, large, medium and tiny, views and non-contiguous arrays as the gem does" do
+      block = lambda do |klass|
+        [[300, 300], [40, 30], [4, 3]].flat_map do |shape|
+          seq = Numo::Int32.new(*shape).seq
+          base = klass == Numo::Bit ? Numo::Bit.cast(seq % 3) : klass.cast(seq)
+          [base, base.transpose, base[true, (0..).step(2)], base[[1, 0], 1..], base[1..2, true]]
+        end
+      end
+      theirs = Parallel.map(Numo::Shared::CLASSES, opts, &block)
+      ours = described_class.map(Numo::Shared::CLASSES, opts, &block)
+      expect(ours).to eq(theirs)
+      expect(ours.flatten.map(&:class)).to eq(theirs.flatten.map(&:class))
+      expect(ours.flatten.map(&:shape)).to eq(theirs.flatten.map(&:shape))
+      large = ours.flatten.select { |a| a.byte_size >= Numo::Parallel::OWN_MAPPING_BYTES }
+      expect(large.size).to be > 20
+      expect(large).to all(be_shared)
+    end
 
-  it "works the same in threads and with zero workers" do
-    [{ in_threads: 2 }, { in_processes: 0 }].each do |opts|
-      expect(described_class.map([1, 2], opts) do |n|
-               Numo::DFloat.new(n).seq
-             end).to eq([Numo::DFloat[0], Numo::DFloat[0, 1]])
+    it "finds arrays nested in Arrays, Hashes and Structs" do
+      block = ->(n) { { n:, parts: [Numo::DFloat.new(n).seq, ParallelSpecPoint.new("p", Numo::Int16.new(n).seq)] } }
+      ours = described_class.map([3, 50_000], opts, &block)
+      expect(ours).to eq(Parallel.map([3, 50_000], opts, &block))
+      expect(ours[1][:parts][0]).to be_shared
+      expect(ours[1][:parts][1].data).to be_shared
+    end
+
+    it "sends a handle of under 200 bytes through the pipe for large and medium arrays" do
+      recorded = recording_pipe_bytes
+      [100_000, 1_000].each do |n|
+        result = described_class.map([0], in_processes: 1) { Numo::DFloat.new(n).seq }
+        expect(result[0]).to eq(Numo::DFloat.new(n).seq)
+        expect(recorded[0]).to be_between(1, 200)
+        Parallel.map([0], in_processes: 1) { Numo::DFloat.new(n).seq }
+        expect(recorded[0]).to be > 8 * n
+      end
+    end
+
+    it "sends arrays of at most INLINE_BYTES inline, as Numo marshals them" do
+      recorded = recording_pipe_bytes
+      tiny = Numo::Parallel::INLINE_BYTES / 8
+      expect(described_class.map([0], in_processes: 1) do
+               Numo::DFloat.new(tiny).seq
+             end).to eq([Numo::DFloat.new(tiny).seq])
+      expect(recorded[0]).to be > Numo::Parallel::INLINE_BYTES
+      described_class.map([0], in_processes: 1) { Numo::DFloat.new(tiny + 1).seq }
+      expect(recorded[0]).to be < 200
+    end
+
+    it "hands over arrays the worker allocated in shared memory instead of copying them" do
+      in_worker = Numo::Int32.new_shared(2)
+      results = described_class.map([0, 1], opts) do |i|
+        a = Numo::DFloat.new(100_000).seq(i)
+        in_worker[i] = a.shared? ? 1 : 0
+        a
+      end
+      expect(in_worker.to_a).to eq([1, 1])
+      expect(results).to eq([Numo::DFloat.new(100_000).seq(0), Numo::DFloat.new(100_000).seq(1)])
+    end
+
+    it "keeps each result as it was when returned, even if the worker writes to the array afterwards" do
+      block = lambda do |i|
+        @buffer ||= Numo::DFloat.new(50_000)
+        @buffer.fill(i)
+      end
+      expect(described_class.map(0...6, in_processes: 1, &block)).to eq(Parallel.map(0...6, in_processes: 1, &block))
+    end
+
+    it "passes shared arrays and contiguous views made before the map by reference" do
+      source = Numo::DFloat.new_shared(4, 20_000).seq
+      before = residue
+      whole, row, column = described_class.map([0, 1, 2], opts) do |i|
+        [source, source[1, true], source[true, 7]][i]
+      end
+      expect([whole, row, column]).to eq([source, source[1, true], source[true, 7]])
+      expect([whole, row]).to all(be_shared)
+      expect(results_mapped_bytes).to eq(before[:results]) # nothing copied into a results arena
+      # Second mappings of the same pages: all 157 pages of the source, and
+      # the 40 pages that row 1 (bytes 160,000...320,000) touches.
+      expect(segment_mapped_bytes).to eq(before[:segments] + (157 * 4096) + (40 * 4096))
+      whole[0, 0] = -1.0
+      row[5] = -2.0
+      column[0] = -3.0 # a non-contiguous view comes back as a copy
+      expect([source[0, 0], source[1, 5], source[0, 7]]).to eq([-1.0, -2.0, 7.0])
+    end
+
+    it "gives each result its own memory, freed when that result is collected" do
+      full_gc
+      mapped = results_mapped_bytes
+      block = 81_920 # 10,000 DFloats (80,000 bytes) in whole pages
+      results = described_class.map(0...4, opts) { |i| Numo::DFloat.new(10_000).seq(i) }
+      expect(results_mapped_bytes).to eq(mapped + (4 * block))
+      keep = results[3]
+      results = nil # rubocop:disable Lint/UselessAssignment
+      full_gc
+      expect(results_mapped_bytes).to eq(mapped + block)
+      expect(keep[0]).to eq(3.0)
+    end
+
+    it "stays correct under GC.stress in the parent" do
+      expected = Parallel.map(0...3, opts) { |i| [frame(i), Numo::Int16.new(500).seq(i)] }
+      GC.stress = true
+      ours = described_class.map(0...3, opts) { |i| [frame(i), Numo::Int16.new(500).seq(i)] }
+      GC.stress = false
+      expect(ours).to eq(expected)
+    ensure
+      GC.stress = false
+    end
+
+    it "leaves Marshal.dump with the full data outside Numo::Parallel" do
+      a = Numo::DFloat.new_shared(100_000).seq
+      copy = Marshal.load(Marshal.dump(a))
+      expect(copy).to eq(a)
+      expect(copy).not_to be_shared
+      in_worker_dump = described_class.map([0], in_processes: 1) { Marshal.dump(Numo::Int32.new(50_000).seq) }.first
+      expect(in_worker_dump.bytesize).to be > 200_000
+      expect(Marshal.load(in_worker_dump)).to eq(Numo::Int32.new(50_000).seq) # rubocop:disable Security/MarshalLoad
+    end
+
+    it "refuses handles for an arena that is not open" do
+      handle = [Numo::Parallel::HANDLE_TAG, 12_345, :block, [2], 4096]
+      forged = "\x04\bU:\x11Numo::DFloat#{Marshal.dump(handle)[2..]}"
+      expect { Marshal.load(forged) } # rubocop:disable Security/MarshalLoad
+        .to raise_error(ArgumentError, "marshal data names a results arena that is not open in this process")
     end
   end
 
-  it "re-raises worker exceptions and honours Parallel::Break" do
-    expect { described_class.map([1, 2], in_processes: 2) { |i| raise ArgumentError, "bad #{i}" if i == 2 } }
-      .to raise_error(ArgumentError, "bad 2")
-    expect(described_class.map([1, 2, 3], in_processes: 1) { |i| raise Parallel::Break, Numo::DFloat[7] if i == 2 })
-      .to eq(Numo::DFloat[7])
-  end
-
-  it "leaves nothing behind when a worker is SIGKILLed mid-item" do
-    full_gc
-    mapped = results_mapped_bytes
-    fds = fd_count
-    shm = Dir.children("/dev/shm")
-    expect do
-      described_class.map(0...4, in_processes: 2) do |i|
-        Process.kill(:KILL, Process.pid) if i == 2
-        Numo::DFloat.new(1000).seq
+  describe "methods and options, compared with the parallel gem" do
+    it "supports every iteration method of the gem" do
+      expect(described_class::ITERATION_METHODS.select { |m| Parallel.respond_to?(m) })
+        .to match_array(%i[map each map_with_index each_with_index flat_map filter_map any? all?])
+      cases = {
+        map_with_index: [%w[a b], ->(s, i) { Numo::Int32.new(20_000).fill(i + s.ord) }],
+        each: [[1, 2], ->(i) { Numo::DFloat.new(20_000).fill(i) }],
+        each_with_index: [[5, 6], ->(x, i) { Numo::DFloat[x, i] }],
+        flat_map: [[1, 2], ->(i) { [Numo::Int8.new(70_000).fill(i), i] }],
+        filter_map: [[1, 2, 3], ->(i) { Numo::DFloat.new(10_000).fill(i) if i.odd? }],
+        any?: [[1, 2, 3], ->(i) { i == 2 }],
+        all?: [[1, 2, 3], ->(i) { i < 3 }]
+      }
+      cases.each do |name, (source, block)|
+        expect(described_class.public_send(name, source, opts, &block))
+          .to eq(Parallel.public_send(name, source, opts, &block)), name.to_s
       end
-    end.to raise_error(Parallel::DeadWorker)
-    full_gc
-    expect(results_mapped_bytes).to eq(mapped)
-    expect(fd_count).to eq(fds)
-    expect(Dir.children("/dev/shm")).to match_array(shm)
+    end
+
+    it "supports in_processes and in_threads" do
+      expect(described_class.in_processes(2) { |i| Numo::DFloat.new(10_000).fill(i) })
+        .to eq(Parallel.in_processes(2) { |i| Numo::DFloat.new(10_000).fill(i) })
+      expect(described_class.in_threads(2) { |i| i }).to eq(Parallel.in_threads(2) { |i| i })
+    end
+
+    it "uses shared memory when in_processes is nil, as the gem then forks processor_count workers" do
+      ours = described_class.map([1, 2], in_processes: nil) { |n| Numo::DFloat.new(10_000 * n).seq }
+      expect(ours).to eq([Numo::DFloat.new(10_000).seq, Numo::DFloat.new(20_000).seq])
+      expect(ours).to all(be_shared)
+    end
+
+    it "works the same in threads and with zero workers, returning the block's own objects" do
+      made = []
+      [{ in_threads: 2 }, { in_processes: 0 }].each do |options|
+        result = described_class.map([1, 2], options) { |n| Numo::DFloat.new(n).seq.tap { |a| made << a } }
+        expect(result).to eq([Numo::DFloat[0], Numo::DFloat[0, 1]])
+        expect(result.map(&:object_id)).to match_array(made.pop(2).map(&:object_id))
+      end
+    end
+
+    it "calls start and finish hooks with the same items, indexes and results" do
+      calls = lambda do |method|
+        log = []
+        mutex = Mutex.new
+        hooks = { start: ->(item, i) { mutex.synchronize { log << [:start, item, i] } },
+                  finish: ->(item, i, result) { mutex.synchronize { log << [:finish, item, i, result] } } }
+        method.call(%w[a b c], opts.merge(hooks)) { |s| Numo::UInt8.new(70_000).fill(s.ord) }
+        log.sort_by { |entry| [entry[2], entry[0]] }
+      end
+      expect(calls.call(described_class.method(:map))).to eq(calls.call(Parallel.method(:map)))
+    end
+
+    it "supports finish_in_order, preserve_results: false and isolation" do
+      order = lambda do |method|
+        seen = []
+        method.call(0...5, opts.merge(finish_in_order: true, finish: ->(_, i, r) { seen << [i, r] })) do |i|
+          sleep(0.01 * (5 - i))
+          Numo::Int32.new(20_000).fill(i)
+        end
+        seen
+      end
+      expect(order.call(described_class.method(:map))).to eq(order.call(Parallel.method(:map)))
+      expect(described_class.map([1, 2], opts.merge(preserve_results: false)) { |i| Numo::DFloat.new(10_000).fill(i) })
+        .to eq([1, 2])
+      pids = described_class.map(0...4, opts.merge(isolation: true)) { Numo::Int64.new(10_000).fill(Process.pid) }
+      expect(pids.map { |a| a[0] }.uniq.size).to eq(Parallel.map(0...4, opts.merge(isolation: true)) do
+                                                      Process.pid
+                                                    end.uniq.size)
+    end
+
+    it "supports the progress option" do
+      bar = lambda do |method|
+        out = StringIO.new
+        result = method.call(0...3, opts.merge(progress: { title: "Work", output: out, throttle_rate: 0 })) do |i|
+          Numo::DFloat.new(10_000).fill(i)
+        end
+        [result, out.string.include?("Work")]
+      end
+      expect(bar.call(described_class.method(:map))).to eq(bar.call(Parallel.method(:map)))
+    end
+
+    it "rejects in_processes together with in_threads as the gem does" do
+      expect { described_class.map([1], in_processes: 1, in_threads: 1) { 1 } }
+        .to raise_error(ArgumentError, "Please specify only one of `in_processes` or `in_threads`.")
+    end
   end
 
-  it "gives each result its own memory, freed when that result is collected" do
-    full_gc
-    mapped = results_mapped_bytes
-    block = 81_920 # 10,000 DFloats (80,000 bytes) in whole pages
-    results = described_class.map(0...4, in_processes: 2) { |i| Numo::DFloat.new(10_000).seq(i) }
-    expect(results_mapped_bytes).to eq(mapped + (4 * block))
-    keep = results[3]
-    results = nil # rubocop:disable Lint/UselessAssignment
-    full_gc
-    expect(results_mapped_bytes).to eq(mapped + block)
-    expect(keep[0]).to eq(3.0)
-  end
+  describe "failures leave nothing behind" do
+    it "re-raises worker exceptions like the gem" do
+      before = residue
+      raising = ->(i) { i == 2 ? raise(ArgumentError, "bad #{i}") : Numo::DFloat.new(50_000).fill(i) }
+      expect { Parallel.map([1, 2, 3], opts, &raising) }.to raise_error(ArgumentError, "bad 2")
+      expect { described_class.map([1, 2, 3], opts, &raising) }.to raise_error(ArgumentError, "bad 2")
+      expect(residue).to eq(before)
+    end
 
-  it "leaves Marshal.dump with the full data outside Numo::Parallel" do
-    a = Numo::DFloat.new_shared(3).seq
-    copy = Marshal.load(Marshal.dump(a))
-    expect(copy).to eq(a)
-    expect(copy).not_to be_shared
-    in_worker_dump = described_class.map([0], in_processes: 1) { Marshal.dump(Numo::Int32[1, 2]) }.first
-    expect(Marshal.load(in_worker_dump)).to eq(Numo::Int32[1, 2]) # rubocop:disable Security/MarshalLoad
+    it "honours Parallel::Break, with a large value, and Parallel::Kill" do
+      before = residue
+      breaking = lambda do |i|
+        i == 2 ? raise(Parallel::Break, Numo::DFloat.new(50_000).fill(7)) : Numo::DFloat.new(50_000).fill(i)
+      end
+      expect(described_class.map([1, 2, 3], in_processes: 1, &breaking)).to eq(Numo::DFloat.new(50_000).fill(7))
+      killing = ->(i) { i == 2 ? raise(Parallel::Kill) : Numo::DFloat.new(50_000).fill(i) }
+      expect(described_class.map([1, 2, 3], opts, &killing)).to eq(Parallel.map([1, 2, 3], opts, &killing))
+      expect(residue).to eq(before)
+    end
+
+    it "raises Parallel::DeadWorker like the gem when a worker calls exit" do
+      before = residue
+      exiting = ->(i) { i == 2 ? exit(3) : Numo::DFloat.new(50_000).fill(i) }
+      expect { Parallel.map([1, 2, 3], opts, &exiting) }.to raise_error(Parallel::DeadWorker)
+      expect { described_class.map([1, 2, 3], opts, &exiting) }.to raise_error(Parallel::DeadWorker)
+      expect(residue).to eq(before)
+    end
+
+    it "leaves nothing behind when a worker is SIGKILLed mid-item" do
+      before = residue
+      expect do
+        described_class.map(0...4, opts) do |i|
+          big = Numo::DFloat.new(100_000).seq # already in the arena when the worker dies
+          Process.kill(:KILL, Process.pid) if i == 2
+          big
+        end
+      end.to raise_error(Parallel::DeadWorker)
+      expect(residue).to eq(before)
+    end
+
+    it "leaves nothing behind once the results of a successful map are collected" do
+      before = residue
+      results = described_class.map(0...8, opts) { |i| [frame(i), Numo::DFloat.new(1_000).fill(i), Numo::Int8[i]] }
+      expect(results.size).to eq(8)
+      results = nil # rubocop:disable Lint/UselessAssignment
+      expect(residue).to eq(before)
+    end
   end
 
   describe ".stack" do

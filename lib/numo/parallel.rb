@@ -2,6 +2,7 @@
 
 require "parallel"
 require_relative "shared"
+require_relative "parallel/result_handle"
 
 module Numo
   # A drop-in for the parallel gem (same methods, arguments, options and
@@ -13,9 +14,6 @@ module Numo
   #   frames = Numo::Parallel.map(0...8, in_processes: 2) { |i| Numo::UInt8.new(210, 160, 3).fill(i) }
   #   frames.map(&:shared?).all? # => true
   module Parallel
-    # Marks marshal data that is a handle to a block of a results arena.
-    HANDLE_TAG = "numo-shared/arena-v1"
-
     # The iteration methods of the parallel gem that take a block per item.
     ITERATION_METHODS = %i[map each map_with_index each_with_index flat_map filter_map any? all?].freeze
 
@@ -87,21 +85,15 @@ module Numo
       # @!visibility private
       attr_accessor :exporting_to
 
+      # The arena that NArray#allocate takes memory from (set only in a
+      # worker process, while it runs items).
       # @!visibility private
-      def claim(array, handle)
-        _tag, token, shape, offset = handle
-        arena = @arenas_lock.synchronize { @arenas[token] }
-        raise ArgumentError, "marshal data names a results arena that is not open in this process" unless arena
+      attr_accessor :worker_arena
 
-        arena.claim(array, shape, offset)
-      end
-
+      # The open arena named +id+ in this process, or nil.
       # @!visibility private
-      def export(array, arena)
-        offset, target = arena.export_target(array.class, array.shape)
-        target.store(array) unless array.empty?
-        target.free
-        [HANDLE_TAG, token_of(arena), array.shape, offset]
+      def arena(id)
+        @arenas_lock.synchronize { @arenas[id] }
       end
 
       private
@@ -113,26 +105,26 @@ module Numo
         return yield(block) unless block
 
         arena = Numo::Shared::Arena.new
-        token = token_of(arena)
-        @arenas_lock.synchronize { @arenas[token] = arena }
+        @arenas_lock.synchronize { @arenas[arena.id] = arena }
         begin
           yield(worker_block(arena, block))
         ensure
-          @arenas_lock.synchronize { @arenas.delete(token) }
+          @arenas_lock.synchronize { @arenas.delete(arena.id) }
           arena.close
         end
       end
 
-      def token_of(arena)
-        "#{arena.owner_pid}-#{arena.object_id}"
-      end
-
       def worker_block(arena, block)
         lambda do |*item|
+          worker = Process.pid != arena.owner_pid
           Numo::Parallel.exporting_to = nil
-          result = block.call(*item)
-          Numo::Parallel.exporting_to = arena if Process.pid != arena.owner_pid
-          result
+          Numo::Parallel.worker_arena = (arena if worker)
+          begin
+            block.call(*item)
+          ensure
+            # What the gem marshals next is this item's result (or error).
+            Numo::Parallel.exporting_to = arena if worker
+          end
         end
       end
 

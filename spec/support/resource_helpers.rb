@@ -25,6 +25,19 @@ module ResourceHelpers
     mapping_sizes("memfd:numo-shared-results").sum
   end
 
+  # Bytes mapped from this gem's anonymous segments (new_shared arrays and
+  # the parent's second mappings of them) in this process.
+  def segment_mapped_bytes
+    mapping_sizes("memfd:numo-shared (deleted)").sum
+  end
+
+  # Everything a Numo::Parallel call could leave behind in this process.
+  def residue
+    full_gc
+    { results: results_mapped_bytes, segments: segment_mapped_bytes, fds: fd_count,
+      shm: Dir.children("/dev/shm").sort }
+  end
+
   # All mappings of this process.
   def mapping_count
     File.foreach("/proc/self/maps").count

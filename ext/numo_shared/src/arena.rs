@@ -1,23 +1,27 @@
 //! `Arena`: where workers of `Numo::Parallel` put the arrays they return.
 //!
 //! The parent makes an arena before forking: an anonymous memfd, sized
-//! sparsely to the machine's memory (no page is used until written), whose
-//! first page holds an atomic cursor. Each worker takes page-aligned blocks
-//! by advancing the cursor, reserves them with `posix_fallocate` (so a full
-//! memory raises in the worker instead of SIGBUS), writes its array there and
-//! sends the parent only a handle (offset and shape). The parent maps each
-//! claimed block as its own segment, which frees its pages when the array is
-//! collected. Closing the arena frees every block nobody claimed (a worker
-//! that raised or was killed mid-item) and closes the memfd, so nothing
-//! outlives the arrays actually returned, and nothing is ever named in
-//! /dev/shm.
+//! sparsely far beyond any real use (no page is used until written), whose
+//! first page holds an atomic cursor. Workers take ranges by advancing the
+//! cursor. Inside a worker, Numo arrays of at least `OWN_MAPPING_BYTES` get
+//! their memory from the arena as they are allocated (reserved with
+//! `posix_fallocate`, so a full memory raises in the worker instead of
+//! SIGBUS); returning one sends the parent only its offset and shape, and the
+//! worker keeps a private copy-on-write view of it. Other arrays are copied
+//! in: large ones to a block of their own, small ones packed with `pwrite`.
+//! The parent maps each large block as the result's own segment, which frees
+//! its pages when the array is collected, and reads small ones into ordinary
+//! arrays. Closing the arena frees every range nobody claimed (a worker that
+//! raised or was killed mid-item, temporaries, small results already read)
+//! and closes the memfd, so nothing outlives the arrays actually returned,
+//! and nothing is ever named in /dev/shm.
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use magnus::{prelude::*, RArray, RClass, Ruby, Value};
+use magnus::{RArray, RClass, RString, Ruby, Value};
 use memmap2::{MmapMut, MmapOptions};
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
@@ -25,21 +29,31 @@ use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::unistd::{getpid, Pid};
 
 use crate::error::{Error, Result};
-use crate::segment::{self, io_error, Segment};
+use crate::segment::{self, io_error, ArenaBlock, Segment};
 use crate::shared_array;
 
 const PAGE: u64 = 4096;
+
+/// Arrays of at least this many bytes get a mapping of their own; smaller
+/// ones are packed and copied out by the parent.
+pub const OWN_MAPPING_BYTES: usize = 64 * 1024;
+
+/// The arena's sparse size: 16 TiB of offsets, of which only the pages in
+/// use at any time take memory.
+const CAPACITY: u64 = 1 << 44;
+
+static NEXT_ARENA: AtomicU64 = AtomicU64::new(1);
 
 #[magnus::wrap(class = "Numo::Shared::Arena", free_immediately, size)]
 pub struct Arena {
     state: Mutex<Option<Open>>,
     owner: Pid,
+    id: u64,
 }
 
 struct Open {
     fd: OwnedFd,
     header: MmapMut,
-    capacity: u64,
     /// Blocks handed to the parent's arrays: (offset, length).
     claimed: Vec<(u64, u64)>,
 }
@@ -49,6 +63,50 @@ impl Open {
         // SAFETY: the header page is mapped for the arena's life and the
         // cursor sits at its start, 8-byte aligned.
         unsafe { &*(self.header.as_ptr() as *const AtomicU64) }
+    }
+
+    /// Takes `len` bytes at an offset aligned to `align` (a power of two).
+    fn take(&self, len: u64, align: u64, bytes: usize) -> Result<u64> {
+        let full = || {
+            Error::os(
+                Errno::ENOMEM,
+                format!(
+                    "returning {} through shared memory: the results arena is full",
+                    segment::human_bytes(bytes)
+                ),
+            )
+        };
+        let cursor = self.cursor();
+        let mut current = cursor.load(Ordering::SeqCst);
+        loop {
+            let start = current.checked_add(align - 1).ok_or_else(full)? & !(align - 1);
+            let end = start
+                .checked_add(len)
+                .filter(|&e| e <= CAPACITY)
+                .ok_or_else(full)?;
+            match cursor.compare_exchange_weak(current, end, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Ok(start),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// A reserved block of its own for `bytes` bytes, mapped here.
+    fn block(&self, id: u64, bytes: usize, populate: bool) -> Result<Segment> {
+        let len = round_up(bytes as u64);
+        let offset = self.take(len, PAGE, bytes)?;
+        segment::allocate_range(&self.fd, offset, len, bytes, "results arena")?;
+        let seg = Segment::map_shared(&self.fd, offset, bytes, "results arena", populate)?;
+        Ok(seg.in_arena(ArenaBlock { arena: id, offset }))
+    }
+
+    /// Checks that `offset..offset + len` lies in what workers have taken.
+    fn check_taken(&self, offset: u64, len: u64) -> Result<()> {
+        let end = offset.checked_add(len).ok_or_else(|| bad_handle(offset))?;
+        if offset < PAGE || end > self.cursor().load(Ordering::SeqCst) {
+            return Err(bad_handle(offset));
+        }
+        Ok(())
     }
 }
 
@@ -60,14 +118,22 @@ fn round_up(len: u64) -> u64 {
     len.div_ceil(PAGE) * PAGE
 }
 
+fn to_value<T: magnus::IntoValue>(ruby: &Ruby, pair: (T, Value)) -> Result<RArray> {
+    let array = RArray::with_capacity(2);
+    array
+        .push(ruby.into_value(pair.0))
+        .and_then(|()| array.push(pair.1))
+        .map_err(|e| Error::Type(e.to_string()))?;
+    Ok(array)
+}
+
 impl Arena {
     /// `Numo::Shared::Arena.new`.
     pub fn new() -> Result<Arena> {
         let name: &CStr = c"numo-shared-results";
         let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
             .map_err(|e| Error::os(e, "memfd_create for parallel results"))?;
-        let capacity = round_up(segment::memory_total()?).max(2 * PAGE);
-        let size = libc::off_t::try_from(capacity)
+        let size = libc::off_t::try_from(CAPACITY)
             .map_err(|_| Error::os(Errno::EFBIG, "sizing the results arena"))?;
         nix::unistd::ftruncate(&fd, size).map_err(|e| Error::os(e, "sizing the results arena"))?;
         // SAFETY: a shared mapping of our own memfd's first page.
@@ -76,17 +142,20 @@ impl Arena {
                 .len(PAGE as usize)
                 .map_mut(fd.as_raw_fd())
         }
-        .map_err(|e| io_error(e, "mapping the results arena".into()))?;
+        .map_err(|e| io_error(e, "mapping the results arena"))?;
         let open = Open {
             fd,
             header,
-            capacity,
             claimed: Vec::new(),
         };
         open.cursor().store(PAGE, Ordering::SeqCst);
+        let owner = getpid();
+        let id =
+            (u64::from(owner.as_raw() as u32) << 32) | NEXT_ARENA.fetch_add(1, Ordering::Relaxed);
         Ok(Arena {
             state: Mutex::new(Some(open)),
-            owner: getpid(),
+            owner,
+            id,
         })
     }
 
@@ -98,9 +167,58 @@ impl Arena {
         }
     }
 
-    /// `arena.export_target(klass, shape)` in a worker: a block for an array of
-    /// `klass` and `shape`, reserved, and a shared array over it to fill.
-    /// Returns `[offset, array]`.
+    fn in_worker(&self) -> bool {
+        getpid() != self.owner
+    }
+
+    fn owner_only(&self) -> Result<()> {
+        if self.in_worker() {
+            return Err(Error::Argument(
+                "only the process that made an arena claims from it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `arena.allocate(array)` in a worker, from Numo's `allocate`: gives an
+    /// unallocated array of at least `OWN_MAPPING_BYTES` a block of the
+    /// arena. False (nothing done) for other arrays and in the parent.
+    pub fn allocate(&self, obj: Value) -> Result<bool> {
+        if !self.in_worker() {
+            return Ok(false);
+        }
+        shared_array::adopt_allocating(obj, |bytes| {
+            if bytes < OWN_MAPPING_BYTES {
+                return Ok(None);
+            }
+            self.with_open(|open| {
+                Ok(Some(
+                    open.block(self.id, bytes, true)?.release_pages_on_drop(),
+                ))
+            })
+        })
+    }
+
+    /// `arena.export_block(array)` in a worker: if `array` got its memory
+    /// from this arena in this process, hands its block to the parent and
+    /// returns the offset; nil otherwise.
+    pub fn export_block(&self, obj: Value) -> Result<Option<u64>> {
+        let Some(segment) = shared_array::own_segment(obj) else {
+            return Ok(None);
+        };
+        let Some(block) = segment.arena_block() else {
+            return Ok(None);
+        };
+        if block.arena != self.id || !segment.releases_pages_here() {
+            return Ok(None);
+        }
+        self.with_open(|open| segment.hand_over(&open.fd, block.offset))?;
+        Ok(Some(block.offset))
+    }
+
+    /// `arena.export_target(klass, shape)` in a worker: a block of its own
+    /// for an array of `klass` and `shape`, and a shared array over it to
+    /// copy into. Returns `[offset, array]`.
     pub fn export_target(
         ruby: &Ruby,
         rb_self: &Self,
@@ -108,36 +226,67 @@ impl Arena {
         shape: RArray,
     ) -> Result<RArray> {
         let plan = shared_array::plan(ruby, klass, shape)?;
-        let len = plan.bytes as u64;
-        let (offset, segment) = if len == 0 {
-            (0, None)
+        let segment = if plan.bytes == 0 {
+            None
         } else {
-            rb_self.with_open(|open| {
-                let block = round_up(len);
-                let offset = open.cursor().fetch_add(block, Ordering::SeqCst);
-                if offset
-                    .checked_add(block)
-                    .is_none_or(|end| end > open.capacity)
-                {
-                    return Err(Error::os(
-                        Errno::ENOMEM,
-                        format!(
-                            "returning {} through shared memory: the results arena is full",
-                            segment::human_bytes(plan.bytes)
-                        ),
-                    ));
-                }
-                segment::allocate_range(&open.fd, offset, block, plan.bytes, "results arena")?;
-                let seg = Segment::map_shared(&open.fd, offset, plan.bytes, "results arena")?;
-                Ok((offset, Some(seg)))
-            })?
+            Some(rb_self.with_open(|open| open.block(rb_self.id, plan.bytes, true))?)
         };
-        let array = plan.wrap(klass, segment);
-        let pair = RArray::with_capacity(2);
-        pair.push(ruby.into_value(offset))
-            .map_err(|e| Error::Type(e.to_string()))?;
-        pair.push(array).map_err(|e| Error::Type(e.to_string()))?;
-        Ok(pair)
+        let offset = segment
+            .as_ref()
+            .and_then(Segment::arena_block)
+            .map_or(0, |b| b.offset);
+        to_value(ruby, (offset, plan.wrap(klass, segment)))
+    }
+
+    /// `arena.write_bytes(string)` in a worker: packs a small result's bytes
+    /// into the arena and returns their offset.
+    pub fn write_bytes(&self, bytes: RString) -> Result<u64> {
+        // SAFETY: the slice is used before any Ruby code can run.
+        let data = unsafe { bytes.as_slice() };
+        self.with_open(|open| {
+            let offset = open.take(data.len().max(1) as u64, 8, data.len())?;
+            let mut done = 0;
+            while done < data.len() {
+                let at = libc::off_t::try_from(offset + done as u64)
+                    .map_err(|_| Error::os(Errno::EFBIG, "writing a result"))?;
+                match nix::sys::uio::pwrite(&open.fd, &data[done..], at) {
+                    Ok(n) => done += n,
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => {
+                        return Err(Error::os(
+                            e,
+                            format!(
+                                "writing {} to shared memory (results arena)",
+                                segment::human_bytes(data.len())
+                            ),
+                        ))
+                    }
+                }
+            }
+            Ok(offset)
+        })
+    }
+
+    /// `arena.read_bytes(offset, length)` in the parent: a small result's
+    /// bytes as a String.
+    pub fn read_bytes(ruby: &Ruby, rb_self: &Self, offset: u64, len: usize) -> Result<RString> {
+        rb_self.owner_only()?;
+        let mut data = vec![0u8; len];
+        rb_self.with_open(|open| {
+            open.check_taken(offset, len as u64)?;
+            let mut done = 0;
+            while done < len {
+                let at = (offset + done as u64) as libc::off_t;
+                match nix::sys::uio::pread(&open.fd, &mut data[done..], at) {
+                    Ok(0) => return Err(bad_handle(offset)),
+                    Ok(n) => done += n,
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(Error::os(e, "reading a result (results arena)")),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(ruby.str_from_slice(&data))
     }
 
     /// `arena.claim(array, shape, offset)` in the parent: makes `array`, just
@@ -149,13 +298,8 @@ impl Arena {
         shape: RArray,
         offset: u64,
     ) -> Result<Value> {
-        if getpid() != rb_self.owner {
-            return Err(Error::Argument(
-                "only the process that made an arena claims from it".into(),
-            ));
-        }
-        let klass = obj.class();
-        let plan = shared_array::plan(ruby, klass, shape)?;
+        rb_self.owner_only()?;
+        let plan = shared_array::plan_for_object(ruby, obj, shape)?;
         let len = plan.bytes as u64;
         let segment = if len == 0 {
             None
@@ -164,36 +308,35 @@ impl Arena {
                 let end = offset
                     .checked_add(round_up(len))
                     .ok_or_else(|| bad_handle(offset))?;
-                if offset < PAGE
-                    || !offset.is_multiple_of(PAGE)
-                    || end > open.cursor().load(Ordering::SeqCst)
-                {
+                if !offset.is_multiple_of(PAGE) {
                     return Err(bad_handle(offset));
                 }
+                open.check_taken(offset, round_up(len))?;
                 if open.claimed.iter().any(|&(o, l)| offset < o + l && o < end) {
                     return Err(Error::Argument(format!(
                         "block at offset {offset} was already claimed"
                     )));
                 }
-                let seg = Segment::map_shared(&open.fd, offset, plan.bytes, "results arena")?;
+                let seg =
+                    Segment::map_shared(&open.fd, offset, plan.bytes, "results arena", false)?;
                 open.claimed.push((offset, round_up(len)));
                 Ok(seg.release_pages_on_drop())
             })?)
         };
-        plan.adopt(obj, segment)
+        plan.adopt(obj, segment, 0)
     }
 
-    /// `arena.close`: frees every block nobody claimed and closes the memfd.
+    /// `arena.close`: frees every range nobody claimed and closes the memfd.
     /// Claimed arrays keep their own mappings. Safe to call twice.
     pub fn close(&self) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let Some(mut open) = state.take() else {
             return Ok(());
         };
-        if getpid() != self.owner {
+        if self.in_worker() {
             return Ok(()); // a worker's copy: the parent cleans up
         }
-        let end = open.cursor().load(Ordering::SeqCst).min(open.capacity);
+        let end = open.cursor().load(Ordering::SeqCst).min(CAPACITY);
         open.claimed.sort_unstable();
         let mut start = PAGE;
         for &(offset, len) in open.claimed.iter().chain(std::iter::once(&(end, 0))) {
@@ -209,11 +352,35 @@ impl Arena {
     pub fn owner_pid(&self) -> i32 {
         self.owner.as_raw()
     }
+
+    /// Names this arena in handles (unique per process and arena).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// `Numo::Shared::Native.claim_reference(array, shape, serial, offset)` in
+/// the parent: makes `array` (just allocated by `Marshal.load`) a shared
+/// array over the same memory as `offset` bytes into its live segment
+/// `serial`, without copying.
+pub fn claim_reference(
+    ruby: &Ruby,
+    obj: Value,
+    shape: RArray,
+    serial: u64,
+    offset: usize,
+) -> Result<Value> {
+    let plan = shared_array::plan_for_object(ruby, obj, shape)?;
+    if plan.bytes == 0 {
+        return plan.adopt(obj, None, 0);
+    }
+    let (segment, delta) = Segment::duplicate(serial, offset, plan.bytes)?;
+    plan.adopt(obj, Some(segment), delta)
 }
 
 fn bad_handle(offset: u64) -> Error {
     Error::Argument(format!(
-        "no block of the results arena starts at offset {offset}"
+        "no result of the results arena starts at offset {offset}"
     ))
 }
 

@@ -10,7 +10,7 @@ mod shape;
 mod shared_array;
 
 use magnus::{
-    function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, Ruby, Value,
+    function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, RString, Ruby, Value,
 };
 
 use crate::error::Error;
@@ -31,13 +31,20 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("mapped_bytes", function!(shared_array::mapped_bytes, 1))?;
     native.define_module_function("release", function!(shared_array::release, 1))?;
     native.define_module_function("layout_mismatch", function!(layout_mismatch, 3))?;
+    native.define_module_function("location", function!(location, 1))?;
+    native.define_module_function("claim_reference", function!(claim_reference, 4))?;
 
     let arena = shared.define_class("Arena", ruby.class_object())?;
     arena.define_singleton_method("new", function!(arena_new, 0))?;
+    arena.define_method("allocate", method!(arena_allocate, 1))?;
+    arena.define_method("export_block", method!(arena_export_block, 1))?;
     arena.define_method("export_target", method!(arena_export_target, 2))?;
+    arena.define_method("write_bytes", method!(arena_write_bytes, 1))?;
+    arena.define_method("read_bytes", method!(arena_read_bytes, 2))?;
     arena.define_method("claim", method!(arena_claim, 3))?;
     arena.define_method("close", method!(arena_close, 0))?;
     arena.define_method("owner_pid", method!(arena::Arena::owner_pid, 0))?;
+    arena.define_method("id", method!(arena::Arena::id, 0))?;
 
     let narray: RClass = numo.const_get("NArray")?;
     narray.define_method("shared?", method!(shared_array::is_shared, 0))?;
@@ -50,6 +57,51 @@ fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value, magnus::Er
 
 fn arena_new(ruby: &Ruby) -> Result<arena::Arena, magnus::Error> {
     arena::Arena::new().map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_allocate(ruby: &Ruby, rb_self: &arena::Arena, obj: Value) -> Result<bool, magnus::Error> {
+    rb_self.allocate(obj).map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_export_block(
+    ruby: &Ruby,
+    rb_self: &arena::Arena,
+    obj: Value,
+) -> Result<Option<u64>, magnus::Error> {
+    rb_self.export_block(obj).map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_write_bytes(
+    ruby: &Ruby,
+    rb_self: &arena::Arena,
+    bytes: RString,
+) -> Result<u64, magnus::Error> {
+    rb_self.write_bytes(bytes).map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_read_bytes(
+    ruby: &Ruby,
+    rb_self: &arena::Arena,
+    offset: u64,
+    len: usize,
+) -> Result<RString, magnus::Error> {
+    arena::Arena::read_bytes(ruby, rb_self, offset, len).map_err(|e| e.into_ruby(ruby))
+}
+
+/// `Numo::Shared::Native.location(array)`: `[serial, creator_pid, offset]`
+/// of a shared array or view in its segment, or nil.
+fn location(obj: Value) -> Option<(u64, i32, usize)> {
+    shared_array::location(obj)
+}
+
+fn claim_reference(
+    ruby: &Ruby,
+    obj: Value,
+    shape: RArray,
+    serial: u64,
+    offset: usize,
+) -> Result<Value, magnus::Error> {
+    arena::claim_reference(ruby, obj, shape, serial, offset).map_err(|e| e.into_ruby(ruby))
 }
 
 fn arena_export_target(

@@ -49,11 +49,13 @@ impl NArrayBase {
     }
 }
 
-/// `narray_view_t`, as far as we read it: the object the view looks into.
+/// `narray_view_t`, as far as we read it: the object the view looks into
+/// and the byte offset of the view's first element in that object's data.
 #[repr(C)]
 pub struct NArrayView {
     pub base: NArrayBase,
     pub data: VALUE,
+    pub offset: usize,
 }
 
 /// `narray_type_info_t`, the per-class element description.

@@ -6,35 +6,63 @@
 //! process is killed. The descriptor is closed as soon as the memory is
 //! mapped, so a segment costs one mapping and no descriptor.
 
+use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
-use memmap2::{MmapMut, MmapOptions};
 use nix::errno::Errno;
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+use nix::unistd::{getpid, Pid};
 
 use crate::error::{Error, Result};
 
+/// Where a segment sits in a results arena: its id and byte offset.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ArenaBlock {
+    pub arena: u64,
+    pub offset: u64,
+}
+
 /// A shared, writable mapping, unmapped on drop.
 pub struct Segment {
-    map: MmapMut,
+    ptr: NonNull<u8>,
+    len: usize,
+    /// Names this mapping among the live segments of this process and of the
+    /// processes forked from it: the creating pid in the high 32 bits.
+    serial: u64,
     /// When set, dropping the segment in this process (and only this one)
     /// also frees its pages in the file behind it (`MADV_REMOVE`): the
     /// segment is the only user of that range of a larger file.
-    release_pages_in: Option<nix::unistd::Pid>,
+    release_pages_in: Option<Pid>,
+    block: Option<ArenaBlock>,
+}
+
+// SAFETY: a Segment is a plain mapping; its pointer is valid for its life.
+unsafe impl Send for Segment {}
+
+/// The segments mapped in this process, by serial: (address, length).
+/// Forked children inherit the table along with the mappings.
+static LIVE: Mutex<BTreeMap<u64, (usize, usize)>> = Mutex::new(BTreeMap::new());
+static NEXT_SERIAL: AtomicU32 = AtomicU32::new(1);
+
+fn live() -> std::sync::MutexGuard<'static, BTreeMap<u64, (usize, usize)>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.release_pages_in == Some(nix::unistd::getpid()) && !self.map.is_empty() {
-            // SAFETY: the range is our own mapping; nothing else uses its pages.
-            unsafe {
-                libc::madvise(
-                    self.map.as_mut_ptr() as *mut libc::c_void,
-                    self.map.len(),
-                    libc::MADV_REMOVE,
-                );
+        live().remove(&self.serial);
+        let addr = self.ptr.as_ptr() as *mut libc::c_void;
+        // SAFETY: the range is our own mapping, unmapped exactly once here;
+        // when release_pages_in is us, nothing else uses its pages.
+        unsafe {
+            if self.release_pages_in == Some(getpid()) {
+                libc::madvise(addr, self.len, libc::MADV_REMOVE);
             }
+            libc::munmap(addr, self.len);
         }
     }
 }
@@ -49,46 +77,161 @@ impl Segment {
         let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
             .map_err(|e| Error::os(e, "memfd_create for a shared array"))?;
         reserve(&fd, len, "memfd")?;
-        Self::map_shared(&fd, 0, len, "memfd")
+        Self::map_shared(&fd, 0, len, "memfd", false)
     }
 
-    /// Maps `len` bytes of `fd` from `offset`, shared and writable.
-    pub fn map_shared(fd: &impl AsFd, offset: u64, len: usize, place: &str) -> Result<Segment> {
-        // SAFETY: the mapping is MAP_SHARED over a descriptor we were handed;
-        // other processes may write to it concurrently, which is the point:
-        // the memory is only ever reached through raw pointers by Numo.
-        let map = unsafe {
-            MmapOptions::new()
-                .offset(offset)
-                .len(len)
-                .map_mut(fd.as_fd().as_raw_fd())
-        }
-        .map_err(|e| {
-            io_error(
-                e,
-                format!("mapping {} of shared memory ({place})", human_bytes(len)),
+    /// Maps `len` (> 0) bytes of `fd` from `offset` (page-aligned), shared and
+    /// writable; `populate` maps every page now instead of on first touch.
+    pub fn map_shared(
+        fd: &impl AsFd,
+        offset: u64,
+        len: usize,
+        place: &str,
+        populate: bool,
+    ) -> Result<Segment> {
+        let mapping = || format!("mapping {} of shared memory ({place})", human_bytes(len));
+        let off = libc::off_t::try_from(offset).map_err(|_| Error::os(Errno::EFBIG, mapping()))?;
+        let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+        // SAFETY: a fresh mapping chosen by the kernel; other processes may
+        // write to it concurrently, which is the point: the memory is only
+        // ever reached through raw pointers by Numo.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd.as_fd().as_raw_fd(),
+                off,
             )
-        })?;
-        Ok(Segment {
-            map,
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(Error::os(Errno::last(), mapping()));
+        }
+        Ok(Self::adopt_mapping(addr, len))
+    }
+
+    /// A second, independent mapping of the same pages as `len` bytes at
+    /// `offset` into the live segment `serial` of this process (`mremap` with
+    /// an old size of 0). Returns it with the distance from its start to
+    /// `offset` (the mapping starts on a page boundary).
+    pub fn duplicate(serial: u64, offset: usize, len: usize) -> Result<(Segment, usize)> {
+        let gone = || {
+            Error::Argument(format!(
+                "the shared array a worker returned by reference (serial {serial:#x}) is no longer mapped in this process"
+            ))
+        };
+        let (addr, total) = *live().get(&serial).ok_or_else(gone)?;
+        if offset.checked_add(len).is_none_or(|end| end > total) || len == 0 {
+            return Err(Error::Argument(format!(
+                "a reference to {len} bytes at offset {offset} does not fit a shared array of {total} bytes"
+            )));
+        }
+        let page = page_size();
+        let start = offset / page * page;
+        let span = (offset - start + len).div_ceil(page) * page;
+        let span = span.min(total - start);
+        // SAFETY: addr..addr+total is a live MAP_SHARED mapping of ours.
+        let dup = unsafe {
+            libc::mremap(
+                (addr + start) as *mut libc::c_void,
+                0,
+                span,
+                libc::MREMAP_MAYMOVE,
+            )
+        };
+        if dup == libc::MAP_FAILED {
+            return Err(Error::os(
+                Errno::last(),
+                format!("mapping {} of a shared array again", human_bytes(len)),
+            ));
+        }
+        Ok((Self::adopt_mapping(dup, span), offset - start))
+    }
+
+    fn adopt_mapping(addr: *mut libc::c_void, len: usize) -> Segment {
+        let serial = (u64::from(getpid().as_raw() as u32) << 32)
+            | u64::from(NEXT_SERIAL.fetch_add(1, Ordering::Relaxed));
+        live().insert(serial, (addr as usize, len));
+        Segment {
+            ptr: NonNull::new(addr as *mut u8).expect("mmap never returns NULL here"),
+            len,
+            serial,
             release_pages_in: None,
-        })
+            block: None,
+        }
     }
 
     /// Makes dropping this segment in the current process free its pages in
     /// the file behind it (the segment owns that range alone).
     pub fn release_pages_on_drop(mut self) -> Segment {
-        self.release_pages_in = Some(nix::unistd::getpid());
+        self.release_pages_in = Some(getpid());
         self
     }
 
+    /// True when dropping the segment here would free its pages.
+    pub fn releases_pages_here(&self) -> bool {
+        self.release_pages_in == Some(getpid())
+    }
+
+    /// Records that this segment is `block` of a results arena.
+    pub fn in_arena(mut self, block: ArenaBlock) -> Segment {
+        self.block = Some(block);
+        self
+    }
+
+    pub fn arena_block(&self) -> Option<ArenaBlock> {
+        self.block
+    }
+
+    /// Hands this segment's pages to another process: from now on this
+    /// process sees a private copy-on-write mapping of them at the same
+    /// address (so its later writes stay its own) and never frees them.
+    pub fn hand_over(&mut self, fd: &impl AsFd, offset: u64) -> Result<()> {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| Error::os(Errno::EFBIG, "handing over a results block"))?;
+        // SAFETY: replaces our own mapping in place with one of the same
+        // length over the same file range; the address stays valid.
+        let addr = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr() as *mut libc::c_void,
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                fd.as_fd().as_raw_fd(),
+                off,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(Error::os(Errno::last(), "handing over a results block"));
+        }
+        self.release_pages_in = None;
+        self.block = None;
+        Ok(())
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// The pid of the process that mapped this segment first.
+    pub fn creator_pid(&self) -> i32 {
+        (self.serial >> 32) as i32
+    }
+
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.map.as_mut_ptr()
+        self.ptr.as_ptr()
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
+}
+
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
 }
 
 /// Sizes `fd` to `len` bytes and allocates every block, so that a full tmpfs
@@ -152,7 +295,7 @@ pub fn memory_total() -> Result<u64> {
     Ok(info.ram_total().saturating_add(info.swap_total()))
 }
 
-pub fn io_error(err: std::io::Error, context: String) -> Error {
+pub fn io_error(err: std::io::Error, context: impl Into<String>) -> Error {
     let errno = err
         .raw_os_error()
         .map(Errno::from_raw)

@@ -28,6 +28,11 @@ use crate::shape;
 struct SharedArray {
     data: NArrayData,
     segment: Option<Segment>,
+    /// Numo's own struct of an array that got shared memory from inside
+    /// Numo's `allocate` (see `adopt_allocating`): C code up the stack still
+    /// holds a pointer to it, so it lives (pointing at the same data) until
+    /// the object is freed.
+    retired: *mut NArrayData,
 }
 
 /// `na_data_type`, the root of Numo's type tree, found at load time.
@@ -94,6 +99,10 @@ unsafe extern "C" fn free_shared(ptr: *mut c_void) {
     }
     let array = Box::from_raw(ptr as *mut SharedArray);
     free_shape(&array.data);
+    if !array.retired.is_null() {
+        free_shape(&*array.retired);
+        rb_sys::ruby_xfree(array.retired as *mut c_void);
+    }
     if let Some(segment) = &array.segment {
         rb_sys::rb_gc_adjust_memory_usage(-(segment.len() as isize) as _);
     }
@@ -118,6 +127,9 @@ unsafe extern "C" fn size_shared(ptr: *const c_void) -> size_t {
     }
     if let Some(segment) = &array.segment {
         size += segment.len();
+    }
+    if !array.retired.is_null() {
+        size += std::mem::size_of::<NArrayData>();
     }
     size as size_t
 }
@@ -187,11 +199,27 @@ pub fn plan(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Plan> {
     check_class(ruby, klass)?;
     let (dims, elements) = shape::dimensions(shape)?;
     let fresh: Value = klass
-        .funcall(
-            "new",
-            (RArray::from_vec(dims.iter().map(|&d| d as u64).collect()),),
-        )
+        .obj_alloc()
         .map_err(|e| Error::Type(format!("{} cannot make arrays: {e}", klass.inspect())))?;
+    plan_from(klass, fresh, dims, elements, || shape::describe(shape))
+}
+
+/// The plan for turning `obj`, an unallocated array just made by its class's
+/// allocator (as `Marshal.load` makes them), into an array of `shape`.
+pub fn plan_for_object(ruby: &Ruby, obj: Value, shape: RArray) -> Result<Plan> {
+    let klass = obj.class();
+    check_class(ruby, klass)?;
+    let (dims, elements) = shape::dimensions(shape)?;
+    plan_from(klass, obj, dims, elements, || shape::describe(shape))
+}
+
+fn plan_from(
+    klass: RClass,
+    fresh: Value,
+    dims: Vec<usize>,
+    elements: usize,
+    describe: impl FnOnce() -> String,
+) -> Result<Plan> {
     let class = numo_class_of(klass, fresh)?;
     // SAFETY: info points at numo-narray's static narray_type_info_t.
     let bytes = numo::data_bytes(unsafe { &*class.info }, elements)
@@ -199,7 +227,7 @@ pub fn plan(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Plan> {
         .ok_or_else(|| {
             Error::Argument(format!(
                 "shape {} of {} needs more bytes than can be addressed",
-                shape::describe(shape),
+                describe(),
                 klass.inspect()
             ))
         })?;
@@ -222,14 +250,15 @@ impl Plan {
         // SAFETY: a typed-data object with a NULL pointer is never freed by us.
         let obj =
             unsafe { rb_sys::rb_data_typed_object_wrap(klass.as_raw(), std::ptr::null_mut(), ty) };
-        let array = self.build(segment);
+        let array = self.build(segment, 0);
         // SAFETY: obj is ours, its pointer is still NULL.
         unsafe { install(obj, array) }
     }
 
     /// Turns `obj`, an unallocated array just made by its class's allocator
     /// (as `Marshal.load` makes them), into a shared array over `segment`.
-    pub fn adopt(&self, obj: Value, segment: Option<Segment>) -> Result<Value> {
+    /// Its data starts `delta` bytes into the segment.
+    pub fn adopt(&self, obj: Value, segment: Option<Segment>, delta: usize) -> Result<Value> {
         let raw = obj.as_raw();
         // SAFETY: checked to be an unallocated Numo data array of this type.
         unsafe {
@@ -245,7 +274,7 @@ impl Plan {
                         .into(),
                 ));
             }
-            let array = self.build(segment);
+            let array = self.build(segment, delta);
             let ty = shared_type_for(self.numo_type);
             // No allocation (so no GC) between the swap and the free.
             (*(raw as *mut rb_sys::RTypedData)).type_ = ty;
@@ -256,14 +285,16 @@ impl Plan {
         }
     }
 
-    fn build(&self, segment: Option<Segment>) -> Box<SharedArray> {
+    fn build(&self, segment: Option<Segment>, delta: usize) -> Box<SharedArray> {
         let mut array = Box::new(SharedArray {
             data: self.template,
             segment,
+            retired: std::ptr::null_mut(),
         });
         let dims = &self.dims;
         array.data.ptr = match array.segment.as_mut() {
-            Some(segment) => segment.as_mut_ptr(),
+            // SAFETY: callers pass a delta inside the segment.
+            Some(segment) => unsafe { segment.as_mut_ptr().add(delta) },
             None => std::ptr::null_mut(),
         };
         array.data.owned = true;
@@ -377,4 +408,95 @@ pub fn release(obj: Value) -> bool {
         rb_sys::rb_obj_freeze(raw);
     }
     true
+}
+
+/// Numo's `allocate` on `obj`, an unallocated data array of a numeric class,
+/// done with shared memory from `make_segment(bytes)` instead of `xmalloc`.
+/// Returns false (doing nothing) when `obj` is not such an array or when
+/// `make_segment` declines with `None`.
+///
+/// Numo calls `allocate` from C code that keeps a pointer to the object's
+/// struct and reads the data pointer from it afterwards, so that struct is
+/// kept (pointing at the shared data) until the object is freed.
+pub fn adopt_allocating(
+    obj: Value,
+    make_segment: impl FnOnce(usize) -> Result<Option<Segment>>,
+) -> Result<bool> {
+    let raw = obj.as_raw();
+    let klass = obj.class();
+    // SAFETY: each step checks the object's type before reading its struct.
+    unsafe {
+        if !numo::is_typed_data(raw)
+            || narray_type().is_null()
+            || rb_sys::rb_typeddata_is_kind_of(raw, narray_type()) == 0
+            || is_shared_type(numo::data_type_of(raw))
+        {
+            return Ok(false);
+        }
+        let old = numo::data_ptr_of(raw) as *mut NArrayData;
+        if old.is_null() || (*old).base.kind != NARRAY_DATA_T || !(*old).ptr.is_null() {
+            return Ok(false);
+        }
+        let Ok(class) = numo_class_of(klass, obj) else {
+            return Ok(false);
+        };
+        let Some(bytes) = numo::data_bytes(&*class.info, (*old).base.size) else {
+            return Ok(false);
+        };
+        if bytes == 0 {
+            return Ok(false);
+        }
+        let Some(segment) = make_segment(bytes)? else {
+            return Ok(false);
+        };
+        let base = &(*old).base;
+        let dims = if base.ndim == 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(base.shape, base.ndim as usize).to_vec()
+        };
+        let plan = Plan {
+            numo_type: class.numo_type,
+            template: *old,
+            dims,
+            bytes,
+        };
+        let mut array = plan.build(Some(segment), 0);
+        (*old).ptr = array.data.ptr;
+        (*old).owned = true;
+        array.retired = old;
+        (*(raw as *mut rb_sys::RTypedData)).type_ = shared_type_for(class.numo_type);
+        numo::set_data_ptr(raw, std::ptr::null_mut());
+        install(raw, array);
+        Ok(true)
+    }
+}
+
+/// The segment of `obj` when `obj` is itself a shared array (not a view).
+pub fn own_segment<'a>(obj: Value) -> Option<&'a mut Segment> {
+    let (raw, ptr) = shared_base(obj)?;
+    if raw != obj.as_raw() {
+        return None;
+    }
+    // SAFETY: ptr is our live struct, kept alive by obj.
+    unsafe { (*ptr).segment.as_mut() }
+}
+
+/// Where `obj` (a shared array or a view of one) starts in its segment:
+/// `(segment serial, creating pid, byte offset)`. The caller checks that
+/// a view is contiguous.
+pub fn location(obj: Value) -> Option<(u64, i32, usize)> {
+    let (raw, ptr) = shared_base(obj)?;
+    // SAFETY: ptr is our live struct; a view's struct is read only when
+    // obj is not the base (then it is a Numo view).
+    unsafe {
+        let array = &mut *ptr;
+        let segment = array.segment.as_mut()?;
+        let mut offset = array.data.ptr.offset_from(segment.as_mut_ptr()) as usize;
+        if raw != obj.as_raw() {
+            let view = numo::data_ptr_of(obj.as_raw()) as *const NArrayView;
+            offset += (*view).offset;
+        }
+        Some((segment.serial(), segment.creator_pid(), offset))
+    }
 }

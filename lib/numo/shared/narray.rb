@@ -92,14 +92,13 @@ module Numo
       end
 
       # Inside a worker of Numo::Parallel, while its result is sent to the
-      # parent, an array is copied into the parent's results arena and only a
-      # handle is marshaled. Everywhere else: Numo's full data, as always.
+      # parent, only a handle to the array's data in shared memory is
+      # marshaled (arrays of a few hundred bytes travel inline). Everywhere
+      # else: Numo's full data, as always.
       # @!visibility private
       def marshal_dump
         arena = Numo::Parallel.exporting_to
-        return super unless arena
-
-        Numo::Parallel.export(self, arena)
+        (arena && Numo::Parallel::ResultHandle.dump(self, arena)) || super
       end
 
       # Turns a handle from a Numo::Parallel worker into the shared array it
@@ -107,7 +106,9 @@ module Numo
       # marshal data into one (which re-initializes the shape) is refused.
       # @!visibility private
       def marshal_load(data)
-        return Numo::Parallel.claim(self, data) if data.is_a?(Array) && data[0] == Numo::Parallel::HANDLE_TAG
+        if data.is_a?(Array) && data[0] == Numo::Parallel::HANDLE_TAG
+          return Numo::Parallel::ResultHandle.load(self, data) { |numo_data| super(numo_data) }
+        end
         raise FrozenError.new("cannot re-initialize a shared array with marshal data", receiver: self) if shared?
 
         super
@@ -135,5 +136,19 @@ module Numo
       end
     end
     prepend SharedGuards
+
+    # Numo's +allocate+ gives an array its data memory on first write. Inside
+    # a Numo::Parallel worker, large arrays get it from the parent's results
+    # arena instead, so that returning them copies nothing. Each numeric class
+    # defines its own +allocate+, so this is prepended to each of them.
+    module ArenaAllocation
+      # @!visibility private
+      def allocate
+        arena = Numo::Parallel.worker_arena
+        return self if arena&.allocate(self)
+
+        super
+      end
+    end
   end
 end
