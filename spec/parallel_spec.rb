@@ -42,7 +42,11 @@ RSpec.describe Numo::Parallel do
       end
       theirs = Parallel.map(Numo::Shared::CLASSES, opts, &block)
       ours = described_class.map(Numo::Shared::CLASSES, opts, &block)
-      expect(ours).to eq(theirs)
+      expect(ours).to eq(Numo::Shared::CLASSES.map(&block))
+      # Numo marshals Bit views from the wrong offset (it counts bits as
+      # bytes), so the gem returns other bits for them; every other result
+      # is the gem's.
+      expect(ours.drop(1)).to eq(theirs.drop(1))
       expect(ours.flatten.map(&:class)).to eq(theirs.flatten.map(&:class))
       expect(ours.flatten.map(&:shape)).to eq(theirs.flatten.map(&:shape))
       large = ours.flatten.select { |a| a.byte_size >= Numo::Parallel::OWN_MAPPING_BYTES }

@@ -29,7 +29,7 @@ module Numo
       # small enough to travel inline.
       def dump(array, arena)
         shared = array.shared?
-        return if !shared && array.byte_size <= INLINE_BYTES
+        return if !shared && array.byte_size <= INLINE_BYTES && !array.is_a?(Numo::Bit)
 
         if shared && (offset = arena.export_block(array))
           [HANDLE_TAG, arena.id, :block, array.shape, offset]
@@ -67,6 +67,10 @@ module Numo
       end
 
       def copy(array, arena)
+        # Numo's to_binary (and so its marshal_dump) reads a Bit view from a
+        # wrong place (the view's offset counts bits, not bytes); a copy is
+        # read right. Bit arrays are small (a bit per element): copy them all.
+        array = array.dup if array.is_a?(Numo::Bit)
         if array.byte_size < OWN_MAPPING_BYTES
           bytes = array.to_binary
           return [HANDLE_TAG, arena.id, :bytes, array.shape, arena.write_bytes(bytes), bytes.bytesize]
