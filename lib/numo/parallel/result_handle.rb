@@ -28,15 +28,18 @@ module Numo
       # The handle for +array+ in a worker of +arena+, or nil for a result
       # small enough to travel inline.
       def dump(array, arena)
-        shared = array.shared?
-        return if !shared && array.byte_size <= INLINE_BYTES && !array.is_a?(Numo::Bit)
+        return shared(array, arena) || copy(array, arena) if array.shared?
+        return if array.byte_size <= INLINE_BYTES && !array.is_a?(Numo::Bit)
 
-        if shared && (offset = arena.export_block(array))
+        copy(array, arena)
+      end
+
+      # The handle of a shared array that needs no copy, or nil.
+      def shared(array, arena)
+        if (offset = arena.export_block(array))
           [HANDLE_TAG, arena.id, :block, array.shape, offset]
-        elsif shared && (reference = reference_to(array, arena))
+        elsif (reference = reference_to(array, arena))
           [HANDLE_TAG, arena.id, :reference, array.shape, *reference]
-        else
-          copy(array, arena)
         end
       end
 
