@@ -44,4 +44,21 @@ module Bench
   def ratio(value, reference)
     format("%.2fx", value / reference)
   end
+
+  def format_bytes(bytes)
+    bytes >= 1 << 20 ? format("%.1f MiB", bytes.fdiv(1 << 20)) : format("%.0f KiB", bytes.fdiv(1024))
+  end
+
+  # This process's resident set and its high-water mark, in bytes.
+  def rss = status_kib("VmRSS") * 1024
+  def peak_rss = status_kib("VmHWM") * 1024
+
+  # Resets VmHWM to the current RSS (Linux: /proc/self/clear_refs).
+  def reset_peak_rss
+    File.write("/proc/self/clear_refs", "5")
+  end
+
+  def status_kib(field)
+    File.foreach("/proc/self/status").find { |l| l.start_with?("#{field}:") }.split[1].to_i
+  end
 end
