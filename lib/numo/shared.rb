@@ -4,6 +4,9 @@ require "numo/narray"
 require_relative "shared/version"
 require_relative "numo_shared"
 require_relative "shared/narray"
+require_relative "shared/named"
+require_relative "shared/npy"
+require_relative "shared/memmap"
 
 module Numo
   # Numo::NArray arrays whose data lives in +MAP_SHARED+ memory.

@@ -96,7 +96,13 @@ impl Open {
         let len = round_up(bytes as u64);
         let offset = self.take(len, PAGE, bytes)?;
         segment::allocate_range(&self.fd, offset, len, bytes, "results arena")?;
-        let seg = Segment::map_shared(&self.fd, offset, bytes, "results arena", populate)?;
+        let seg = Segment::map_shared(
+            &self.fd,
+            offset,
+            bytes,
+            "shared memory (results arena)",
+            populate,
+        )?;
         Ok(seg.in_arena(ArenaBlock { arena: id, offset }))
     }
 
@@ -317,8 +323,13 @@ impl Arena {
                         "block at offset {offset} was already claimed"
                     )));
                 }
-                let seg =
-                    Segment::map_shared(&open.fd, offset, plan.bytes, "results arena", false)?;
+                let seg = Segment::map_shared(
+                    &open.fd,
+                    offset,
+                    plan.bytes,
+                    "shared memory (results arena)",
+                    false,
+                )?;
                 open.claimed.push((offset, round_up(len)));
                 Ok(seg.release_pages_on_drop())
             })?)

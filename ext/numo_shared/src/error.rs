@@ -23,6 +23,17 @@ pub static LAYOUT_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
     ExceptionClass::from_value(class.as_value()).expect("LayoutError is an exception class")
 });
 
+/// `Numo::Shared::FormatError`: a named segment or file that does not hold
+/// what it should (not made by this gem or numpy, a damaged header, a size
+/// that does not match, a layout that cannot be mapped).
+pub static FORMAT_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
+    let module = shared_module(ruby);
+    let class = module
+        .define_class("FormatError", ruby.get_inner(&SHARED_ERROR).as_r_class())
+        .expect("define Numo::Shared::FormatError");
+    ExceptionClass::from_value(class.as_value()).expect("FormatError is an exception class")
+});
+
 fn shared_module(ruby: &Ruby) -> RModule {
     let numo: RModule = ruby.define_module("Numo").expect("module Numo");
     numo.define_module("Shared").expect("module Numo::Shared")
@@ -40,6 +51,8 @@ pub enum Error {
     Os { errno: Errno, context: String },
     /// The installed numo-narray does not match the struct layout we mirror.
     Layout(String),
+    /// A segment or file whose contents are not what they must be.
+    Format(String),
 }
 
 impl Error {
@@ -57,6 +70,7 @@ impl Error {
             Error::Type(msg) => magnus::Error::new(ruby.exception_type_error(), msg),
             Error::Argument(msg) => magnus::Error::new(ruby.exception_arg_error(), msg),
             Error::Layout(msg) => magnus::Error::new(ruby.get_inner(&LAYOUT_ERROR), msg),
+            Error::Format(msg) => magnus::Error::new(ruby.get_inner(&FORMAT_ERROR), msg),
             Error::Os { errno, context } => system_call_error(ruby, errno, &context),
         }
     }

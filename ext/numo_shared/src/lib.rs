@@ -4,6 +4,9 @@
 
 mod arena;
 mod error;
+mod file_map;
+mod header;
+mod named;
 mod numo;
 mod segment;
 mod shape;
@@ -22,6 +25,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     // Define the exception classes now, so that they exist before any raise.
     let _ = ruby.get_inner(&error::SHARED_ERROR);
     let _ = ruby.get_inner(&error::LAYOUT_ERROR);
+    let _ = ruby.get_inner(&error::FORMAT_ERROR);
 
     check_numo_layout(numo).map_err(|e| e.into_ruby(ruby))?;
 
@@ -33,6 +37,12 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("layout_mismatch", function!(layout_mismatch, 3))?;
     native.define_module_function("location", function!(location, 1))?;
     native.define_module_function("claim_reference", function!(claim_reference, 4))?;
+    native.define_module_function("create_named", function!(create_named, 3))?;
+    native.define_module_function("open_named", function!(open_named, 2))?;
+    native.define_module_function("unlink_named", function!(unlink_named, 1))?;
+    native.define_module_function("segments", function!(segments, 0))?;
+    native.define_module_function("memmap", function!(memmap, 6))?;
+    native.define_module_function("flush", function!(flush, 1))?;
 
     let arena = shared.define_class("Arena", ruby.class_object())?;
     arena.define_singleton_method("new", function!(arena_new, 0))?;
@@ -53,6 +63,43 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
 
 fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value, magnus::Error> {
     shared_array::create(ruby, klass, shape).map_err(|e| e.into_ruby(ruby))
+}
+
+fn create_named(
+    ruby: &Ruby,
+    klass: RClass,
+    shape: RArray,
+    name: String,
+) -> Result<Value, magnus::Error> {
+    named::create(ruby, klass, shape, name).map_err(|e| e.into_ruby(ruby))
+}
+
+fn open_named(ruby: &Ruby, name: String, readonly: bool) -> Result<Value, magnus::Error> {
+    named::open(ruby, name, readonly).map_err(|e| e.into_ruby(ruby))
+}
+
+fn unlink_named(ruby: &Ruby, name: String) -> Result<(), magnus::Error> {
+    named::unlink(name).map_err(|e| e.into_ruby(ruby))
+}
+
+fn segments(ruby: &Ruby) -> Result<Vec<named::SegmentRow>, magnus::Error> {
+    named::list().map_err(|e| e.into_ruby(ruby))
+}
+
+fn memmap(
+    ruby: &Ruby,
+    klass: RClass,
+    shape: Option<RArray>,
+    path: String,
+    mode: String,
+    offset: u64,
+    prefix: Option<RString>,
+) -> Result<Value, magnus::Error> {
+    file_map::memmap(ruby, klass, shape, path, mode, offset, prefix).map_err(|e| e.into_ruby(ruby))
+}
+
+fn flush(ruby: &Ruby, obj: Value) -> Result<bool, magnus::Error> {
+    shared_array::flush(obj).map_err(|e| e.into_ruby(ruby))
 }
 
 fn arena_new(ruby: &Ruby) -> Result<arena::Arena, magnus::Error> {

@@ -26,7 +26,20 @@ pub struct ArenaBlock {
     pub offset: u64,
 }
 
-/// A shared, writable mapping, unmapped on drop.
+/// How a segment maps its file.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    /// Shared and writable: writes reach the file and every process.
+    Shared,
+    /// The same, with every page mapped at once.
+    SharedPopulated,
+    /// Shared, read-only.
+    ReadOnly,
+    /// Private copy-on-write: writes stay in this process.
+    CopyOnWrite,
+}
+
+/// A mapping of a file descriptor, unmapped on drop.
 pub struct Segment {
     ptr: NonNull<u8>,
     len: usize,
@@ -77,7 +90,7 @@ impl Segment {
         let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
             .map_err(|e| Error::os(e, "memfd_create for a shared array"))?;
         reserve(&fd, len, "memfd")?;
-        Self::map_shared(&fd, 0, len, "memfd", false)
+        Self::map_shared(&fd, 0, len, "shared memory (memfd)", false)
     }
 
     /// Maps `len` (> 0) bytes of `fd` from `offset` (page-aligned), shared and
@@ -89,9 +102,33 @@ impl Segment {
         place: &str,
         populate: bool,
     ) -> Result<Segment> {
-        let mapping = || format!("mapping {} of shared memory ({place})", human_bytes(len));
+        let access = if populate {
+            Access::SharedPopulated
+        } else {
+            Access::Shared
+        };
+        Self::map_fd(fd, offset, len, place, access)
+    }
+
+    /// Maps `len` (> 0) bytes of `fd` from `offset` (page-aligned).
+    pub fn map_fd(
+        fd: &impl AsFd,
+        offset: u64,
+        len: usize,
+        place: &str,
+        access: Access,
+    ) -> Result<Segment> {
+        let mapping = || format!("mapping {} of {place}", human_bytes(len));
         let off = libc::off_t::try_from(offset).map_err(|_| Error::os(Errno::EFBIG, mapping()))?;
-        let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+        let (prot, flags) = match access {
+            Access::Shared => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED),
+            Access::SharedPopulated => (
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+            ),
+            Access::ReadOnly => (libc::PROT_READ, libc::MAP_SHARED),
+            Access::CopyOnWrite => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE),
+        };
         // SAFETY: a fresh mapping chosen by the kernel; other processes may
         // write to it concurrently, which is the point: the memory is only
         // ever reached through raw pointers by Numo.
@@ -99,7 +136,7 @@ impl Segment {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 flags,
                 fd.as_fd().as_raw_fd(),
                 off,
@@ -109,6 +146,25 @@ impl Segment {
             return Err(Error::os(Errno::last(), mapping()));
         }
         Ok(Self::adopt_mapping(addr, len))
+    }
+
+    /// Writes this mapping's changes to the file behind it (`msync`).
+    pub fn flush(&self) -> Result<()> {
+        // SAFETY: our own live mapping.
+        let rc = unsafe {
+            libc::msync(
+                self.ptr.as_ptr() as *mut libc::c_void,
+                self.len,
+                libc::MS_SYNC,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::os(
+                Errno::last(),
+                format!("flushing {} of a mapped file", human_bytes(self.len)),
+            ));
+        }
+        Ok(())
     }
 
     /// A second, independent mapping of the same pages as `len` bytes at

@@ -242,15 +242,26 @@ fn plan_from(
 }
 
 impl Plan {
+    /// The checked dimensions.
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
     /// A new Ruby object of `klass` over `segment`.
     pub fn wrap(&self, klass: RClass, segment: Option<Segment>) -> Value {
+        self.wrap_at(klass, segment, 0)
+    }
+
+    /// A new Ruby object of `klass` whose data starts `delta` bytes into
+    /// `segment`.
+    pub fn wrap_at(&self, klass: RClass, segment: Option<Segment>, delta: usize) -> Value {
         let ty = shared_type_for(self.numo_type);
         // The object exists before our struct does, so that an allocation
         // failure here cannot leak the struct or the mapping.
         // SAFETY: a typed-data object with a NULL pointer is never freed by us.
         let obj =
             unsafe { rb_sys::rb_data_typed_object_wrap(klass.as_raw(), std::ptr::null_mut(), ty) };
-        let array = self.build(segment, 0);
+        let array = self.build(segment, delta);
         // SAFETY: obj is ours, its pointer is still NULL.
         unsafe { install(obj, array) }
     }
@@ -499,4 +510,17 @@ pub fn location(obj: Value) -> Option<(u64, i32, usize)> {
         }
         Some((segment.serial(), segment.creator_pid(), offset))
     }
+}
+
+/// `NArray#flush`: writes the changes of a mapped file (or the file behind
+/// the array a view looks into) to disk. False for ordinary arrays.
+pub fn flush(obj: Value) -> Result<bool> {
+    let Some((_, ptr)) = shared_base(obj) else {
+        return Ok(false);
+    };
+    // SAFETY: ptr is our live struct, kept alive by obj.
+    if let Some(segment) = unsafe { (*ptr).segment.as_ref() } {
+        segment.flush()?;
+    }
+    Ok(true)
 }

@@ -13,20 +13,36 @@ module Numo
       # of SIGBUS. It is released when the array and all its views are
       # garbage collected.
       #
+      # With +name:+, the array lives in a named POSIX shared-memory segment
+      # (/dev/shm/<name>, mode 0600, created exclusively, never through a
+      # symlink) that any process of the same user can attach to with
+      # {Numo::NArray.open_shared}. It starts with a header recording the
+      # class and shape; the data follows, aligned to 64 bytes. The name stays
+      # until {Numo::NArray.unlink_shared} (or {Numo::Shared.sweep} once this
+      # process is gone).
+      #
       # @param shape [Array<Integer>, Integer] the shape, given as
       #   +Numo::DFloat.new+ takes it: +new_shared(2, 3)+ or +new_shared([2, 3])+
+      # @param name [String, nil] letters, digits, '.', '_' and '-'
       # @return [Numo::NArray] an instance of exactly this class
       # @raise [TypeError] for Numo::RObject and classes that are not numeric
       # @raise [ArgumentError] for negative, non-Integer or too many dimensions,
-      #   and for shapes whose byte size overflows
+      #   shapes whose byte size overflows, and invalid names
+      # @raise [Errno::EEXIST] when a segment of that name exists
       # @raise [SystemCallError] when the memory cannot be reserved
       # @example
       #   a = Numo::DFloat.new_shared(2, 3)
       #   a.shared? # => true
       #   a.shape   # => [2, 3]
-      def new_shared(*shape)
+      # @example A named array another program can open
+      #   frames = Numo::UInt8.new_shared(4, 210, 160, 3, name: "doc-frames")
+      #   Numo::NArray.open_shared("doc-frames").shape # => [4, 210, 160, 3]
+      #   Numo::NArray.unlink_shared("doc-frames")
+      def new_shared(*shape, name: nil)
         shape = shape.first if shape.size == 1 && shape.first.is_a?(Array)
-        Numo::Shared::Native.create(self, shape)
+        return Numo::Shared::Native.create(self, shape) if name.nil?
+
+        Numo::Shared::Native.create_named(self, shape, String(name))
       end
     end
 

@@ -1,0 +1,260 @@
+//! Named shared arrays: POSIX shared-memory segments in /dev/shm that any
+//! process of the same user can open by name, each starting with a
+//! `Header` that records the array's class and shape.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use magnus::{prelude::*, RArray, RClass, Ruby, Value};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{shm_open, shm_unlink};
+use nix::sys::stat::Mode;
+use nix::unistd::getpid;
+
+use crate::error::{Error, Result};
+use crate::header::{self, Header};
+use crate::segment::{self, Access, Segment};
+use crate::shared_array;
+
+const SHM_DIR: &str = "/dev/shm";
+const MAX_NAME: usize = 200;
+
+/// Checks a segment name: letters, digits, '.', '_' and '-', starting with a
+/// letter or digit, so that it is one file name in /dev/shm.
+pub fn check_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::Argument(format!(
+            "invalid shared-memory name {name:?}: use 1 to {MAX_NAME} letters, digits, '.', '_' or '-', \
+             starting with a letter or digit"
+        )))
+    }
+}
+
+fn place(name: &str) -> String {
+    format!("{SHM_DIR}/{name}")
+}
+
+fn shm_path(name: &str) -> String {
+    format!("/{name}")
+}
+
+/// `Numo::DFloat.new_shared(2, 3, name: "frames")`.
+pub fn create(ruby: &Ruby, klass: RClass, shape: RArray, name: String) -> Result<Value> {
+    check_name(&name)?;
+    let plan = shared_array::plan(ruby, klass, shape)?;
+    let pid = getpid().as_raw();
+    let header = Header {
+        class_name: klass.inspect(),
+        shape: plan.dims().to_vec(),
+        data_bytes: plan.bytes,
+        creator_pid: pid,
+        creator_start: header::process_start_time(pid).unwrap_or(0),
+    };
+    let head = header.encode()?;
+    let total = head
+        .len()
+        .checked_add(plan.bytes)
+        .ok_or_else(|| Error::Argument("the segment would be larger than memory".into()))?;
+    let flags =
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = shm_open(
+        shm_path(&name).as_str(),
+        flags,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .map_err(|e| {
+        Error::os(
+            e,
+            format!("creating shared-memory segment {}", place(&name)),
+        )
+    })?;
+    let made = fill(&fd, &head, total, &name);
+    match made {
+        Ok(segment) => Ok(plan.wrap_at(klass, Some(segment), head.len())),
+        Err(err) => {
+            let _ = shm_unlink(shm_path(&name).as_str());
+            Err(err)
+        }
+    }
+}
+
+/// Sizes and reserves the new segment, maps it and writes its header.
+fn fill(fd: &OwnedFd, head: &[u8], total: usize, name: &str) -> Result<Segment> {
+    // The mode given to shm_open passes through the umask; make it exact.
+    nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::S_IRUSR | Mode::S_IWUSR)
+        .map_err(|e| Error::os(e, format!("setting the mode of {}", place(name))))?;
+    segment::reserve(fd, total, &place(name))?;
+    let mut map = Segment::map_fd(
+        fd,
+        0,
+        total,
+        &format!("shared memory ({})", place(name)),
+        Access::Shared,
+    )?;
+    // SAFETY: the mapping is `total` >= head.len() bytes long and ours.
+    unsafe {
+        let base = map.as_mut_ptr();
+        std::ptr::copy_nonoverlapping(head[8..].as_ptr(), base.add(8), head.len() - 8);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        std::ptr::copy_nonoverlapping(head.as_ptr(), base, 8);
+    }
+    Ok(map)
+}
+
+/// `Numo::NArray.open_shared("frames", readonly: false)`.
+pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
+    check_name(&name)?;
+    let what = format!("shared-memory segment {}", place(&name));
+    let mode = if readonly {
+        OFlag::O_RDONLY
+    } else {
+        OFlag::O_RDWR
+    };
+    let fd = shm_open(
+        shm_path(&name).as_str(),
+        mode | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::os(e, format!("opening {what}")))?;
+    let total = file_size(&fd, &what)?;
+    let header = read_header(&fd, total, &what)?;
+    let klass = class_named(ruby, &header.class_name, &what)?;
+    let shape = RArray::from_vec(header.shape.iter().map(|&d| d as u64).collect());
+    let plan = shared_array::plan(ruby, klass, shape)?;
+    if plan.bytes != header.data_bytes {
+        return Err(Error::Format(format!(
+            "{what} has a damaged header: {} of shape {:?} needs {} bytes, the header says {}",
+            header.class_name, header.shape, plan.bytes, header.data_bytes
+        )));
+    }
+    let access = if readonly {
+        Access::ReadOnly
+    } else {
+        Access::Shared
+    };
+    let segment = Segment::map_fd(
+        &fd,
+        0,
+        total,
+        &format!("shared memory ({})", place(&name)),
+        access,
+    )?;
+    let array = plan.wrap_at(klass, Some(segment), header.data_offset());
+    if readonly {
+        array.freeze();
+    }
+    Ok(array)
+}
+
+fn file_size(fd: &impl AsFd, what: &str) -> Result<usize> {
+    let stat = nix::sys::stat::fstat(fd.as_fd().as_raw_fd())
+        .map_err(|e| Error::os(e, format!("reading the size of {what}")))?;
+    usize::try_from(stat.st_size).map_err(|_| Error::Format(format!("{what} has a negative size")))
+}
+
+fn read_header(fd: &impl AsFd, total: usize, what: &str) -> Result<Header> {
+    let mut bytes = vec![0u8; header::data_offset(crate::shape::MAX_DIMENSIONS).min(total)];
+    let mut done = 0;
+    while done < bytes.len() {
+        match nix::sys::uio::pread(fd.as_fd(), &mut bytes[done..], done as libc::off_t) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(Error::os(e, format!("reading the header of {what}"))),
+        }
+    }
+    bytes.truncate(done);
+    Header::decode(&bytes, total, what)
+}
+
+/// The Numo class a header names; only the numeric classes are accepted.
+fn class_named(ruby: &Ruby, name: &str, what: &str) -> Result<RClass> {
+    let refuse = || {
+        Error::Format(format!(
+            "{what} records class {name:?}, which is not a numeric Numo class"
+        ))
+    };
+    let short = name.strip_prefix("Numo::").ok_or_else(refuse)?;
+    let numo: magnus::RModule = ruby
+        .class_object()
+        .const_get("Numo")
+        .map_err(|_| refuse())?;
+    let klass: RClass = numo.const_get(short).map_err(|_| refuse())?;
+    let shared: magnus::RModule = numo.const_get("Shared").map_err(|_| refuse())?;
+    let classes: RArray = shared.const_get("CLASSES").map_err(|_| refuse())?;
+    if !classes.includes(klass) {
+        return Err(refuse());
+    }
+    Ok(klass)
+}
+
+/// `Numo::NArray.unlink_shared("frames")`.
+pub fn unlink(name: String) -> Result<()> {
+    check_name(&name)?;
+    shm_unlink(shm_path(&name).as_str()).map_err(|e| {
+        Error::os(
+            e,
+            format!("removing shared-memory segment {}", place(&name)),
+        )
+    })
+}
+
+/// One segment found by `list`: name, class, shape, data bytes, creating
+/// pid, and whether that process still runs.
+pub type SegmentRow = (String, String, Vec<usize>, usize, i32, bool);
+
+/// `Numo::Shared::Native.segments`: a `SegmentRow` for every segment in
+/// /dev/shm that this user owns and this gem made.
+pub fn list() -> Result<Vec<SegmentRow>> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let entries = std::fs::read_dir(SHM_DIR)
+        .map_err(|e| segment::io_error(e, format!("listing {SHM_DIR}")))?;
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if check_name(&name).is_err() {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        use std::os::unix::fs::MetadataExt;
+        if !meta.file_type().is_file() || meta.uid() != uid {
+            continue;
+        }
+        let Ok(fd) = shm_open(
+            shm_path(&name).as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let Ok(total) = file_size(&fd, &name) else {
+            continue;
+        };
+        let Ok(header) = read_header(&fd, total, &name) else {
+            continue;
+        };
+        let alive = header::process_start_time(header.creator_pid)
+            .is_some_and(|start| header.creator_start == 0 || start == header.creator_start);
+        found.push((
+            name,
+            header.class_name,
+            header.shape,
+            header.data_bytes,
+            header.creator_pid,
+            alive,
+        ));
+    }
+    found.sort();
+    Ok(found)
+}

@@ -1,0 +1,91 @@
+# frozen_string_literal: true
+
+module Numo
+  # Named shared arrays: POSIX shared-memory segments that any process of
+  # the same user can open by name (see Numo::NArray.open_shared).
+  class NArray
+    class << self
+      # Attaches to the named shared array made by
+      # +new_shared(*shape, name:)+, from any process of the same user
+      # (forked or started separately). The array has the class and shape the
+      # segment records; writes through it are seen by every process that has
+      # it open.
+      #
+      # @param name [String] the segment's name (its file in /dev/shm)
+      # @param readonly [Boolean] map read-only; the array is frozen, and
+      #   writing to it raises Numo's frozen error
+      # @return [Numo::NArray]
+      # @raise [Errno::ENOENT] when there is no such segment
+      # @raise [Numo::Shared::FormatError] for a segment not made by this gem,
+      #   a damaged header, or a header whose size does not match the segment
+      # @raise [ArgumentError] for an invalid name
+      # @example
+      #   a = Numo::DFloat.new_shared(2, 3, name: "doc-open-shared")
+      #   b = Numo::NArray.open_shared("doc-open-shared")
+      #   b[0, 0] = 5
+      #   a[0, 0] # => 5.0
+      #   Numo::NArray.unlink_shared("doc-open-shared")
+      def open_shared(name, readonly: false)
+        Numo::Shared::Native.open_named(String(name), readonly ? true : false)
+      end
+
+      # Removes a named shared array's name. Arrays already open (in any
+      # process) stay valid until they are collected; the memory goes with
+      # the last of them.
+      #
+      # @param name [String]
+      # @return [nil]
+      # @raise [Errno::ENOENT] when there is no such segment
+      # @example
+      #   Numo::Int32.new_shared(4, name: "doc-unlink")
+      #   Numo::NArray.unlink_shared("doc-unlink")
+      #   Numo::NArray.open_shared("doc-unlink") # raises Errno::ENOENT
+      def unlink_shared(name)
+        Numo::Shared::Native.unlink_named(String(name))
+        nil
+      end
+    end
+  end
+
+  # Named segments: listing and sweeping them.
+  module Shared
+    # A named segment found in /dev/shm (see {Numo::Shared.segments}).
+    Segment = ::Struct.new(:name, :type, :shape, :bytes, :creator_pid, :creator_alive, keyword_init: true) do
+      # @return [Boolean] whether the process that made the segment still runs
+      def creator_alive? = creator_alive
+    end
+
+    class << self
+      # The named shared arrays in /dev/shm that this user owns and this gem
+      # made, sorted by name.
+      #
+      # @return [Array<Numo::Shared::Segment>]
+      # @example
+      #   Numo::DFloat.new_shared(3, name: "doc-segments")
+      #   Numo::Shared.segments.map(&:name).include?("doc-segments") # => true
+      #   Numo::NArray.unlink_shared("doc-segments")
+      def segments
+        Native.segments.map do |row|
+          Segment.new(**Segment.members.zip(row).to_h)
+        end
+      end
+
+      # Removes the names of this user's segments whose creating process is
+      # gone (it exited or crashed without unlinking them), so that their
+      # memory is freed once nobody has them open. The creator is recognised
+      # by pid and start time, so a reused pid does not keep a segment.
+      #
+      # @return [Array<String>] the names removed
+      # @example
+      #   Numo::Shared.sweep # => [] when every creator still runs
+      def sweep
+        segments.reject(&:creator_alive?).filter_map do |segment|
+          Numo::NArray.unlink_shared(segment.name)
+          segment.name
+        rescue Errno::ENOENT
+          nil # removed meanwhile by someone else
+        end
+      end
+    end
+  end
+end
