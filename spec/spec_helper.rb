@@ -3,10 +3,13 @@
 require "numo/shared"
 require_relative "support/process_helpers"
 require_relative "support/resource_helpers"
+require_relative "support/spawn_helpers"
 
 RSpec.configure do |config|
   config.include ProcessHelpers
   config.include ResourceHelpers
+  config.include SpawnHelpers
+  config.after { remove_spec_segments }
   config.disable_monkey_patching!
   config.order = :random
   Kernel.srand config.seed
