@@ -129,7 +129,8 @@ RSpec.describe "named shared arrays" do
       Numo::DFloat.new_shared(1 << 20, name: segment)
     end
     expect(result).to be_a(Errno::EFBIG)
-    expect(result.message).to eq("File too large - reserving 8.0 MiB (8388736 bytes) of shared memory (/dev/shm/#{name})")
+    expect(result.message)
+      .to eq("File too large - reserving 8.0 MiB (8388736 bytes) of shared memory (/dev/shm/#{name})")
     expect(File.exist?("/dev/shm/#{name}")).to be(false)
   end
 
@@ -139,7 +140,7 @@ RSpec.describe "named shared arrays" do
     run_ruby("Numo::UInt16.new_shared(2, 5, name: #{orphan.inspect})")
     found = Numo::Shared.segments.to_h { |s| [s.name, s.to_h] }
     expect(found[name]).to eq(name:, type: "Numo::Int8", shape: [3], bytes: 3, creator_pid: Process.pid,
-                               creator_alive: true)
+                              creator_alive: true)
     expect(found[orphan]).to include(type: "Numo::UInt16", shape: [2, 5], bytes: 20, creator_alive: false)
     expect(found[orphan][:creator_pid]).not_to eq(Process.pid)
     expect(Numo::Shared.sweep).to include(orphan)

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "English"
+require "fileutils"
 require "rbconfig"
 require "securerandom"
 require "tmpdir"
@@ -13,7 +15,7 @@ module SpawnHelpers
   # that has required numo/shared; returns its standard output.
   def run_ruby(script)
     out = IO.popen([RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script], err: %i[child out], &:read)
-    raise "ruby exited with #{$?.exitstatus}: #{out}" unless $?.success?
+    raise "ruby exited with #{$CHILD_STATUS.exitstatus}: #{out}" unless $CHILD_STATUS.success?
 
     out
   end
@@ -21,7 +23,7 @@ module SpawnHelpers
   # Runs +code+ with Debian's python3 (which has numpy); returns stdout.
   def run_python(code)
     out = IO.popen(["/usr/bin/python3", "-c", code], err: %i[child out], &:read)
-    raise "python3 exited with #{$?.exitstatus}: #{out}" unless $?.success?
+    raise "python3 exited with #{$CHILD_STATUS.exitstatus}: #{out}" unless $CHILD_STATUS.success?
 
     out
   end
@@ -34,6 +36,6 @@ module SpawnHelpers
   end
 
   def remove_spec_segments
-    (@segment_names || []).each { |name| File.unlink("/dev/shm/#{name}") if File.exist?("/dev/shm/#{name}") }
+    (@segment_names || []).each { |name| FileUtils.rm_f("/dev/shm/#{name}") }
   end
 end

@@ -76,7 +76,10 @@ module Numo
         descr = text[/'descr'\s*:\s*'([^']*)'/, 1]
         fortran = text[/'fortran_order'\s*:\s*(True|False)/, 1]
         shape = parse_shape(text[/'shape'\s*:\s*\(([^)]*)\)/, 1])
-        raise FormatError, "#{path.inspect} has a damaged .npy header: #{text.strip.inspect}" unless descr && fortran && shape
+        unless descr && fortran && shape
+          raise FormatError,
+                "#{path.inspect} has a damaged .npy header: #{text.strip.inspect}"
+        end
 
         if fortran == "True"
           raise FormatError, "#{path.inspect} is stored in Fortran order, which Numo cannot map; " \
@@ -85,13 +88,12 @@ module Numo
         Header.new(type_for(path, descr), shape, offset)
       end
 
+      # The dimensions in the text of a shape tuple, or nil if it is not one.
       def parse_shape(text)
         return unless text
 
         dims = text.split(",").map(&:strip).reject(&:empty?)
-        dims.map { |d| Integer(d, 10) }.tap { |s| return nil if s.any?(&:negative?) }
-      rescue ArgumentError
-        nil
+        dims.map(&:to_i) if dims.all? { |d| d.match?(/\A\d+\z/) }
       end
 
       def shape_tuple(shape)

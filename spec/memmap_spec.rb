@@ -1,0 +1,120 @@
+# frozen_string_literal: true
+
+RSpec.describe "Numo::NArray.memmap" do
+  let(:dir) { Dir.mktmpdir("numo-memmap-spec") }
+  let(:path) { File.join(dir, "data.bin") }
+
+  after { FileUtils.remove_entry(dir) }
+
+  it "creates a file with w+, sized to offset + data, whose writes reach the file after flush" do
+    a = Numo::Int32.memmap(path, shape: [2, 3], mode: "w+", offset: 100)
+    expect(File.size(path)).to eq(100 + 24)
+    expect(a).to be_shared
+    a.seq(1).flush
+    expect(File.binread(path, 24, 100).unpack("l<*")).to eq([1, 2, 3, 4, 5, 6])
+    expect(File.binread(path, 100)).to eq("\0" * 100)
+  end
+
+  it "maps an existing file with r+ (read-write, shared) and r (read-only, frozen)" do
+    File.binwrite(path, [1.5, 2.5, 3.5].pack("E*"))
+    rw = Numo::DFloat.memmap(path, mode: "r+")
+    expect(rw.to_a).to eq([1.5, 2.5, 3.5])
+    ro = Numo::NArray.memmap(path, type: Numo::DFloat, mode: "r")
+    rw[0] = 9
+    expect(ro[0]).to eq(9.0) # one page cache: the read-only mapping sees it at once
+    expect(ro).to be_frozen
+    expect { ro[1] = 0 }.to raise_error(RuntimeError, "cannot write to frozen NArray.")
+    expect { ro.inplace + 1 }.to raise_error(RuntimeError, "cannot write to frozen NArray.")
+    rw.flush
+    expect(File.binread(path).unpack("E*")).to eq([9.0, 2.5, 3.5])
+  end
+
+  it "keeps writes private in mode c" do
+    File.binwrite(path, [1, 2, 3, 4].pack("s<*"))
+    c = Numo::Int16.memmap(path, mode: "c")
+    c[0] = 100
+    c.flush
+    expect(c.to_a).to eq([100, 2, 3, 4])
+    expect(File.binread(path).unpack("s<*")).to eq([1, 2, 3, 4])
+    expect(Numo::Int16.memmap(path, mode: "r").to_a).to eq([1, 2, 3, 4])
+  end
+
+  it "shares r+ and w+ arrays across fork, but not c arrays" do
+    shared = Numo::DFloat.memmap(path, shape: [4], mode: "w+")
+    private_copy = Numo::DFloat.memmap(path, mode: "c")
+    fork_each([0]) do
+      shared[0] = 7
+      private_copy[1] = 8
+    end
+    expect(shared.to_a).to eq([7.0, 0.0, 0.0, 0.0])
+    expect(private_copy[1]).to eq(0.0)
+  end
+
+  it "is shared with a separately started process mapping the same file" do
+    a = Numo::UInt8.memmap(path, shape: [3, 3], mode: "w+")
+    a.seq
+    run_ruby("b = Numo::UInt8.memmap(#{path.inspect}, shape: [3, 3]); b[1, true] = 200; b.flush")
+    expect(a[1, true].to_a).to eq([200, 200, 200])
+    expect(a[0, true].to_a).to eq([0, 1, 2])
+  end
+
+  it "raises for a file too short for offset + data" do
+    File.binwrite(path, "x" * 20)
+    expect { Numo::DFloat.memmap(path, shape: [3], mode: "r") }.to raise_error(
+      Numo::Shared::FormatError, "file #{path.inspect} has 20 bytes, too short for offset 0 + 24 bytes of data"
+    )
+    expect { Numo::DFloat.memmap(path, shape: [2], offset: 8, mode: "r+") }
+      .to raise_error(Numo::Shared::FormatError, /has 20 bytes, too short for offset 8 \+ 16 bytes/)
+    expect { Numo::DFloat.memmap(path, mode: "r") }.to raise_error(
+      Numo::Shared::FormatError, /has 20 bytes after offset 0, not a whole number of 8-byte elements/
+    )
+  end
+
+  it "never follows a symlink when creating with w+" do
+    target = File.join(dir, "target")
+    File.binwrite(target, "keep")
+    File.symlink(target, path)
+    expect { Numo::DFloat.memmap(path, shape: [2], mode: "w+") }
+      .to raise_error(Errno::ELOOP, /opening file #{Regexp.escape(path.inspect)} for memmap/)
+    expect(File.binread(target)).to eq("keep")
+  end
+
+  it "refuses bad arguments clearly" do
+    File.binwrite(path, "\0" * 16)
+    expect { Numo::NArray.memmap(path) }
+      .to raise_error(ArgumentError, "memmap needs type: (a numeric Numo class) for a file that is not .npy")
+    expect { Numo::DFloat.memmap(path, mode: "rw") }
+      .to raise_error(ArgumentError, 'mode must be "r", "r+", "w+" or "c", not "rw"')
+    expect do
+      Numo::DFloat.memmap(path, offset: -1)
+    end.to raise_error(ArgumentError, "offset must not be negative, got -1")
+    expect { Numo::DFloat.memmap(path, mode: "w+") }.to raise_error(ArgumentError, 'mode "w+" needs a shape')
+    expect { Numo::RObject.memmap(path, shape: [2]) }.to raise_error(TypeError, /Numo::RObject holds references/)
+    expect { Numo::DFloat.memmap(File.join(dir, "missing"), shape: [2]) }.to raise_error(Errno::ENOENT)
+    expect { Numo::DFloat.memmap(dir, shape: [2]) }.to raise_error(Errno::EISDIR)
+    expect { Numo::DFloat.memmap(dir, shape: [2], mode: "r") }.to raise_error(ArgumentError, /is not a regular file/)
+  end
+
+  it "keeps the mapping alive exactly as long as the array or a view of it" do
+    File.binwrite(path, Numo::DFloat.new(1000).seq.to_binary)
+    full_gc
+    before = mapping_sizes(path).sum
+    view = Numo::DFloat.memmap(path, mode: "r+")[10..12]
+    full_gc
+    expect(mapping_sizes(path).sum).to eq(before + 8192)
+    expect(view.to_a).to eq([10.0, 11.0, 12.0])
+    view = nil # rubocop:disable Lint/UselessAssignment
+    full_gc
+    expect(mapping_sizes(path).sum).to eq(before)
+    fds = fd_count
+    500.times { Numo::DFloat.memmap(path, mode: "r").sum }
+    full_gc
+    expect(mapping_sizes(path).sum).to eq(before)
+    expect(fd_count).to eq(fds)
+  end
+
+  it "does nothing on flush for ordinary arrays" do
+    a = Numo::DFloat[1, 2]
+    expect(a.flush).to equal(a)
+  end
+end
