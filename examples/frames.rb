@@ -19,22 +19,25 @@ WORKERS = 2
 # One episode: a ball bouncing over a noisy background, rendered to
 # UInt8[STEPS, HEIGHT, WIDTH, 3] frames, plus the episode's scores.
 def simulate(episode)
-  rng = Random.new(episode)
-  background = Numo::UInt8.new(HEIGHT, WIDTH, 3).rand(0, 32) # Numo's generator, seeded below
   frames = Numo::UInt8.new(STEPS, HEIGHT, WIDTH, 3)
-  frames[] = background
+  frames[] = Numo::UInt8.new(HEIGHT, WIDTH, 3).rand(0, 32) # background; Numo's generator is seeded per episode
+  ball_path(Random.new(episode)).each_with_index do |(x, y), t|
+    frames[t, y...(y + 8), x...(x + 8), true] = 255
+  end
+  { episode:, frames:, scores: Numo::DFloat.new(STEPS).rand }
+end
+
+# Top-left corners of an 8x8 ball bouncing off the edges, one per step.
+def ball_path(rng)
   x = rng.rand(WIDTH - 8)
   y = rng.rand(HEIGHT - 8)
   dx = 3
   dy = 2
-  STEPS.times do |t|
+  Array.new(STEPS) do
     dx = -dx unless (0..WIDTH - 9).cover?(x + dx)
     dy = -dy unless (0..HEIGHT - 9).cover?(y + dy)
-    x += dx
-    y += dy
-    frames[t, y...(y + 8), x...(x + 8), true] = 255
+    [x += dx, y += dy]
   end
-  { episode:, frames:, scores: Numo::DFloat.new(STEPS).rand }
 end
 
 def collect(runner)
@@ -58,7 +61,8 @@ via_shared, shared_time = timed { collect(Numo::Parallel) }
 bytes = via_shared.sum { |r| r[:frames].byte_size + r[:scores].byte_size }
 puts "#{EPISODES} episodes x #{STEPS} frames of UInt8[#{HEIGHT},#{WIDTH},3] " \
      "(#{(bytes / 1e6).round(1)} MB) from #{WORKERS} worker processes"
-puts format("Parallel.map (Marshal):   %7.1f ms", marshal_time * 1e3)
-puts format("Numo::Parallel.map:       %7.1f ms  (%.1fx faster)", shared_time * 1e3, marshal_time / shared_time)
+puts format("Parallel.map (Marshal):   %<ms>7.1f ms", ms: marshal_time * 1e3)
+puts format("Numo::Parallel.map:       %<ms>7.1f ms  (%<ratio>.1fx faster)",
+            ms: shared_time * 1e3, ratio: marshal_time / shared_time)
 abort "the results differ" unless via_shared == via_marshal
 puts "results are equal; frames in shared memory: #{via_shared.all? { |r| r[:frames].shared? }}"
