@@ -38,9 +38,11 @@ module ResourceHelpers
       shm: Dir.children("/dev/shm").sort }
   end
 
-  # All mappings of this process.
-  def mapping_count
-    File.foreach("/proc/self/maps").count
+  # Mappings of files (memfds, /dev/shm and disk files included); leaves out
+  # anonymous memory, which Ruby's heap and malloc grow and shrink on their
+  # own. Everything this gem maps is a file.
+  def file_mapping_count
+    File.foreach("/proc/self/maps").count { |line| line.split(" ", 6)[5].to_s.start_with?("/") }
   end
 
   # Open file descriptors of this process.
