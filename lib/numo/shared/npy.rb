@@ -4,7 +4,9 @@ module Numo
   module Shared
     # numpy's .npy format (version 1.0, 2.0 and 3.0): the header that tells
     # the dtype and shape of the array stored after it. Only the header is
-    # read and written here; the data is mapped by Numo::NArray.memmap.
+    # read and written here; the data is mapped by Numo::NArray.memmap, which
+    # is the public way in.
+    # @api private
     # @see https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html
     module Npy
       MAGIC = "\x93NUMPY".b.freeze
