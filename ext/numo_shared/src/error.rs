@@ -5,38 +5,29 @@ use magnus::{exception::ExceptionClass, prelude::*, value::Lazy, RClass, RModule
 use nix::errno::Errno;
 
 /// `Numo::Shared::Error`, the base of the gem's own exception classes.
-pub static SHARED_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
-    let module = shared_module(ruby);
-    let class = module
-        .define_class("Error", ruby.exception_standard_error().as_r_class())
-        .expect("define Numo::Shared::Error");
-    ExceptionClass::from_value(class.as_value()).expect("Numo::Shared::Error is an exception class")
-});
+pub static SHARED_ERROR: Lazy<ExceptionClass> =
+    Lazy::new(|ruby| define_error(ruby, "Error", ruby.exception_standard_error()));
 
 /// `Numo::Shared::LayoutError`: the installed numo-narray does not store its
 /// arrays the way this extension expects, so it refuses to touch them.
-pub static LAYOUT_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
-    let module = shared_module(ruby);
-    let class = module
-        .define_class("LayoutError", ruby.get_inner(&SHARED_ERROR).as_r_class())
-        .expect("define Numo::Shared::LayoutError");
-    ExceptionClass::from_value(class.as_value()).expect("LayoutError is an exception class")
-});
+pub static LAYOUT_ERROR: Lazy<ExceptionClass> =
+    Lazy::new(|ruby| define_error(ruby, "LayoutError", ruby.get_inner(&SHARED_ERROR)));
 
 /// `Numo::Shared::FormatError`: a named segment or file that does not hold
 /// what it should (not made by this gem or numpy, a damaged header, a size
 /// that does not match, a layout that cannot be mapped).
-pub static FORMAT_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
-    let module = shared_module(ruby);
-    let class = module
-        .define_class("FormatError", ruby.get_inner(&SHARED_ERROR).as_r_class())
-        .expect("define Numo::Shared::FormatError");
-    ExceptionClass::from_value(class.as_value()).expect("FormatError is an exception class")
-});
+pub static FORMAT_ERROR: Lazy<ExceptionClass> =
+    Lazy::new(|ruby| define_error(ruby, "FormatError", ruby.get_inner(&SHARED_ERROR)));
 
-fn shared_module(ruby: &Ruby) -> RModule {
+/// Defines `Numo::Shared::<name>` as a subclass of `parent`.
+fn define_error(ruby: &Ruby, name: &str, parent: ExceptionClass) -> ExceptionClass {
     let numo: RModule = ruby.define_module("Numo").expect("module Numo");
-    numo.define_module("Shared").expect("module Numo::Shared")
+    let module = numo.define_module("Shared").expect("module Numo::Shared");
+    let class = module
+        .define_class(name, parent.as_r_class())
+        .unwrap_or_else(|e| panic!("define Numo::Shared::{name}: {e}"));
+    ExceptionClass::from_value(class.as_value())
+        .unwrap_or_else(|| panic!("Numo::Shared::{name} is an exception class"))
 }
 
 /// What went wrong, in terms the Ruby caller can act on.
