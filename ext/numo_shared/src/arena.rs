@@ -29,7 +29,7 @@ use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::unistd::{getpid, Pid};
 
 use crate::error::{Error, Result};
-use crate::segment::{self, io_error, ArenaBlock, Segment};
+use crate::segment::{self, io_error, Access, ArenaBlock, Segment};
 use crate::shared_array;
 
 const PAGE: u64 = 4096;
@@ -91,17 +91,18 @@ impl Open {
         }
     }
 
-    /// A reserved block of its own for `bytes` bytes, mapped here.
-    fn block(&self, id: u64, bytes: usize, populate: bool) -> Result<Segment> {
+    /// A reserved block of its own for `bytes` bytes, mapped here with every
+    /// page in place (it is about to be written whole).
+    fn block(&self, id: u64, bytes: usize) -> Result<Segment> {
         let len = round_up(bytes as u64);
         let offset = self.take(len, PAGE, bytes)?;
         segment::allocate_range(&self.fd, offset, len, bytes, "results arena")?;
-        let seg = Segment::map_shared(
+        let seg = Segment::map_fd(
             &self.fd,
             offset,
             bytes,
             "shared memory (results arena)",
-            populate,
+            Access::SharedPopulated,
         )?;
         Ok(seg.in_arena(ArenaBlock { arena: id, offset }))
     }
@@ -122,15 +123,6 @@ fn closed() -> Error {
 
 fn round_up(len: u64) -> u64 {
     len.div_ceil(PAGE) * PAGE
-}
-
-fn to_value<T: magnus::IntoValue>(ruby: &Ruby, pair: (T, Value)) -> Result<RArray> {
-    let array = RArray::with_capacity(2);
-    array
-        .push(ruby.into_value(pair.0))
-        .and_then(|()| array.push(pair.1))
-        .map_err(|e| Error::Type(e.to_string()))?;
-    Ok(array)
 }
 
 impl Arena {
@@ -197,11 +189,7 @@ impl Arena {
             if bytes < OWN_MAPPING_BYTES {
                 return Ok(None);
             }
-            self.with_open(|open| {
-                Ok(Some(
-                    open.block(self.id, bytes, true)?.release_pages_on_drop(),
-                ))
-            })
+            self.with_open(|open| Ok(Some(open.block(self.id, bytes)?.release_pages_on_drop())))
         })
     }
 
@@ -230,18 +218,18 @@ impl Arena {
         rb_self: &Self,
         klass: RClass,
         shape: RArray,
-    ) -> Result<RArray> {
+    ) -> Result<(u64, Value)> {
         let plan = shared_array::plan(ruby, klass, shape)?;
         let segment = if plan.bytes == 0 {
             None
         } else {
-            Some(rb_self.with_open(|open| open.block(rb_self.id, plan.bytes, true))?)
+            Some(rb_self.with_open(|open| open.block(rb_self.id, plan.bytes))?)
         };
         let offset = segment
             .as_ref()
             .and_then(Segment::arena_block)
             .map_or(0, |b| b.offset);
-        to_value(ruby, (offset, plan.wrap(klass, segment)))
+        Ok((offset, plan.wrap(klass, segment)))
     }
 
     /// `arena.write_bytes(string)` in a worker: packs a small result's bytes
@@ -251,24 +239,15 @@ impl Arena {
         let data = unsafe { bytes.as_slice() };
         self.with_open(|open| {
             let offset = open.take(data.len().max(1) as u64, 8, data.len())?;
-            let mut done = 0;
-            while done < data.len() {
-                let at = libc::off_t::try_from(offset + done as u64)
-                    .map_err(|_| Error::os(Errno::EFBIG, "writing a result"))?;
-                match nix::sys::uio::pwrite(&open.fd, &data[done..], at) {
-                    Ok(n) => done += n,
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => {
-                        return Err(Error::os(
-                            e,
-                            format!(
-                                "writing {} to shared memory (results arena)",
-                                segment::human_bytes(data.len())
-                            ),
-                        ))
-                    }
-                }
-            }
+            segment::write_all_at(&open.fd, data, offset).map_err(|e| {
+                Error::os(
+                    e,
+                    format!(
+                        "writing {} to shared memory (results arena)",
+                        segment::human_bytes(data.len())
+                    ),
+                )
+            })?;
             Ok(offset)
         })
     }
@@ -280,15 +259,10 @@ impl Arena {
         let mut data = vec![0u8; len];
         rb_self.with_open(|open| {
             open.check_taken(offset, len as u64)?;
-            let mut done = 0;
-            while done < len {
-                let at = (offset + done as u64) as libc::off_t;
-                match nix::sys::uio::pread(&open.fd, &mut data[done..], at) {
-                    Ok(0) => return Err(bad_handle(offset)),
-                    Ok(n) => done += n,
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(Error::os(e, "reading a result (results arena)")),
-                }
+            let read = segment::read_at(&open.fd, &mut data, offset)
+                .map_err(|e| Error::os(e, "reading a result (results arena)"))?;
+            if read < len {
+                return Err(bad_handle(offset));
             }
             Ok(())
         })?;
@@ -323,12 +297,12 @@ impl Arena {
                         "block at offset {offset} was already claimed"
                     )));
                 }
-                let seg = Segment::map_shared(
+                let seg = Segment::map_fd(
                     &open.fd,
                     offset,
                     plan.bytes,
                     "shared memory (results arena)",
-                    false,
+                    Access::Shared,
                 )?;
                 open.claimed.push((offset, round_up(len)));
                 Ok(seg.release_pages_on_drop())

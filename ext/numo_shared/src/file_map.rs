@@ -1,10 +1,9 @@
 //! File-backed arrays: `Numo::NArray.memmap`, numpy.memmap's modes over a
 //! file on disk.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use magnus::{prelude::*, RArray, RClass, RString, Ruby, Value};
-use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 
@@ -78,7 +77,10 @@ pub fn memmap(
     .map_err(|e| Error::os(e, format!("opening {what} for memmap")))?;
     // SAFETY: open just returned this descriptor; nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let size = file_size(&fd, &what)?;
+    let (size, regular) = segment::file_size(&fd, &what)?;
+    if !regular {
+        return Err(Error::Argument(format!("{what} is not a regular file")));
+    }
     let shape = match shape {
         Some(shape) => shape,
         None => whole_file_shape(ruby, klass, size, offset, &what)?,
@@ -93,7 +95,8 @@ pub fn memmap(
         segment::reserve(&fd, end, &what)?;
         if let Some(prefix) = prefix {
             // SAFETY: the slice is used before any Ruby code runs.
-            write_all(&fd, unsafe { prefix.as_slice() }, &what)?;
+            segment::write_all_at(&fd, unsafe { prefix.as_slice() }, 0)
+                .map_err(|e| Error::os(e, format!("writing the header of {what}")))?;
         }
     } else if size < end {
         return Err(Error::Format(format!(
@@ -119,15 +122,6 @@ pub fn memmap(
         array.freeze();
     }
     Ok(array)
-}
-
-fn file_size(fd: &impl AsFd, what: &str) -> Result<usize> {
-    let stat = nix::sys::stat::fstat(fd.as_fd().as_raw_fd())
-        .map_err(|e| Error::os(e, format!("reading the size of {what}")))?;
-    if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::Argument(format!("{what} is not a regular file")));
-    }
-    usize::try_from(stat.st_size).map_err(|_| Error::Format(format!("{what} has a negative size")))
 }
 
 /// `[n]`: as many elements of `klass` as fit after `offset`.
@@ -158,16 +152,4 @@ fn whole_file_shape(
         )));
     }
     Ok(RArray::from_vec(vec![available / one as u64]))
-}
-
-fn write_all(fd: &OwnedFd, data: &[u8], what: &str) -> Result<()> {
-    let mut done = 0;
-    while done < data.len() {
-        match nix::sys::uio::pwrite(fd, &data[done..], done as libc::off_t) {
-            Ok(n) => done += n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(Error::os(e, format!("writing the header of {what}"))),
-        }
-    }
-    Ok(())
 }

@@ -156,7 +156,7 @@ fn arena_export_target(
     rb_self: &arena::Arena,
     klass: RClass,
     shape: RArray,
-) -> Result<RArray, magnus::Error> {
+) -> Result<(u64, Value), magnus::Error> {
     arena::Arena::export_target(ruby, rb_self, klass, shape).map_err(|e| e.into_ruby(ruby))
 }
 

@@ -5,7 +5,6 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use magnus::{prelude::*, RArray, RClass, Ruby, Value};
-use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
@@ -124,7 +123,7 @@ pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
         Mode::empty(),
     )
     .map_err(|e| Error::os(e, format!("opening {what}")))?;
-    let total = file_size(&fd, &what)?;
+    let (total, _) = segment::file_size(&fd, &what)?;
     let header = read_header(&fd, total, &what)?;
     let klass = class_named(ruby, &header.class_name, &what)?;
     let shape = RArray::from_vec(header.shape.iter().map(|&d| d as u64).collect());
@@ -154,24 +153,11 @@ pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
     Ok(array)
 }
 
-fn file_size(fd: &impl AsFd, what: &str) -> Result<usize> {
-    let stat = nix::sys::stat::fstat(fd.as_fd().as_raw_fd())
-        .map_err(|e| Error::os(e, format!("reading the size of {what}")))?;
-    usize::try_from(stat.st_size).map_err(|_| Error::Format(format!("{what} has a negative size")))
-}
-
 fn read_header(fd: &impl AsFd, total: usize, what: &str) -> Result<Header> {
     let mut bytes = vec![0u8; header::data_offset(crate::shape::MAX_DIMENSIONS).min(total)];
-    let mut done = 0;
-    while done < bytes.len() {
-        match nix::sys::uio::pread(fd.as_fd(), &mut bytes[done..], done as libc::off_t) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(Error::os(e, format!("reading the header of {what}"))),
-        }
-    }
-    bytes.truncate(done);
+    let read = segment::read_at(fd, &mut bytes, 0)
+        .map_err(|e| Error::os(e, format!("reading the header of {what}")))?;
+    bytes.truncate(read);
     Header::decode(&bytes, total, what)
 }
 
@@ -238,7 +224,7 @@ pub fn list() -> Result<Vec<SegmentRow>> {
         ) else {
             continue;
         };
-        let Ok(total) = file_size(&fd, &name) else {
+        let Ok((total, _)) = segment::file_size(&fd, &name) else {
             continue;
         };
         let Ok(header) = read_header(&fd, total, &name) else {

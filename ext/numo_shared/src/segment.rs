@@ -90,24 +90,7 @@ impl Segment {
         let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
             .map_err(|e| Error::os(e, "memfd_create for a shared array"))?;
         reserve(&fd, len, "memfd")?;
-        Self::map_shared(&fd, 0, len, "shared memory (memfd)", false)
-    }
-
-    /// Maps `len` (> 0) bytes of `fd` from `offset` (page-aligned), shared and
-    /// writable; `populate` maps every page now instead of on first touch.
-    pub fn map_shared(
-        fd: &impl AsFd,
-        offset: u64,
-        len: usize,
-        place: &str,
-        populate: bool,
-    ) -> Result<Segment> {
-        let access = if populate {
-            Access::SharedPopulated
-        } else {
-            Access::Shared
-        };
-        Self::map_fd(fd, offset, len, place, access)
+        Self::map_fd(&fd, 0, len, "shared memory (memfd)", Access::Shared)
     }
 
     /// Maps `len` (> 0) bytes of `fd` from `offset` (page-aligned).
@@ -282,6 +265,46 @@ impl Segment {
     pub fn len(&self) -> usize {
         self.len
     }
+}
+
+/// The size of the file behind `fd`, and whether it is a regular file.
+pub fn file_size(fd: &impl AsFd, what: &str) -> Result<(usize, bool)> {
+    let stat = nix::sys::stat::fstat(fd.as_fd().as_raw_fd())
+        .map_err(|e| Error::os(e, format!("reading the size of {what}")))?;
+    let size = usize::try_from(stat.st_size)
+        .map_err(|_| Error::Format(format!("{what} has a negative size")))?;
+    Ok((size, stat.st_mode & libc::S_IFMT == libc::S_IFREG))
+}
+
+/// Writes all of `data` to `fd` at `offset` (`pwrite`, retried on EINTR
+/// and short writes).
+pub fn write_all_at(fd: &impl AsFd, data: &[u8], offset: u64) -> nix::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let at = libc::off_t::try_from(offset + done as u64).map_err(|_| Errno::EFBIG)?;
+        match nix::sys::uio::pwrite(fd.as_fd(), &data[done..], at) {
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Fills `buf` from `fd` at `offset` (`pread`, retried on EINTR and short
+/// reads) up to the end of the file; returns the bytes read.
+pub fn read_at(fd: &impl AsFd, buf: &mut [u8], offset: u64) -> nix::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = libc::off_t::try_from(offset + done as u64).map_err(|_| Errno::EFBIG)?;
+        match nix::sys::uio::pread(fd.as_fd(), &mut buf[done..], at) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 pub fn page_size() -> usize {
