@@ -104,20 +104,20 @@ pub fn memmap(
             plan.bytes
         )));
     }
+    let page = segment::page_size();
+    let map_start = start / page * page;
     let segment = if plan.bytes == 0 {
         None
     } else {
-        let page = segment::page_size();
-        let map_start = start / page * page;
-        Some((
-            Segment::map_fd(&fd, map_start as u64, end - map_start, &what, mode.access())?,
-            start - map_start,
-        ))
+        Some(Segment::map_fd(
+            &fd,
+            map_start as u64,
+            end - map_start,
+            &what,
+            mode.access(),
+        )?)
     };
-    let array = match segment {
-        Some((segment, delta)) => plan.wrap_at(klass, Some(segment), delta),
-        None => plan.wrap(klass, None),
-    };
+    let array = plan.wrap_at(klass, segment, start - map_start);
     if mode == FileMode::Read {
         array.freeze();
     }
@@ -132,14 +132,14 @@ fn whole_file_shape(
     offset: u64,
     what: &str,
 ) -> Result<RArray> {
-    let one = shared_array::plan(ruby, klass, RArray::from_vec(vec![1u64]))?.bytes;
-    let bits = shared_array::plan(ruby, klass, RArray::from_vec(vec![32u64]))?.bytes;
-    if bits == one {
-        return Err(Error::Argument(format!(
-            "{} packs bits: give memmap a shape",
-            klass.inspect()
-        )));
-    }
+    let one = shared_array::plan(ruby, klass, RArray::from_vec(vec![1u64]))?
+        .element_bytes()
+        .ok_or_else(|| {
+            Error::Argument(format!(
+                "{} packs bits: give memmap a shape",
+                klass.inspect()
+            ))
+        })?;
     let available = (size as u64).checked_sub(offset).ok_or_else(|| {
         Error::Format(format!(
             "{what} has {size} bytes, fewer than the offset {offset}"

@@ -247,6 +247,14 @@ impl Plan {
         &self.dims
     }
 
+    /// Bytes per element, or `None` for classes that pack bits (Numo::Bit).
+    pub fn element_bytes(&self) -> Option<usize> {
+        // SAFETY: numo_type is a live, static Numo type whose data is its
+        // narray_type_info_t (checked when the plan was made).
+        let info = unsafe { &*((*self.numo_type).data as *const TypeInfo) };
+        (info.element_bytes > 0).then_some(info.element_bytes as usize)
+    }
+
     /// A new Ruby object of `klass` over `segment`.
     pub fn wrap(&self, klass: RClass, segment: Option<Segment>) -> Value {
         self.wrap_at(klass, segment, 0)
