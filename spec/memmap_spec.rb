@@ -70,6 +70,15 @@ RSpec.describe "Numo::NArray.memmap" do
     )
   end
 
+  it "checks the shape and class before w+ truncates an existing file" do
+    File.binwrite(path, "precious")
+    expect { Numo::DFloat.memmap(path, shape: [-1], mode: "w+") }.to raise_error(ArgumentError)
+    expect { Numo::RObject.memmap(path, shape: [2], mode: "w+") }.to raise_error(TypeError)
+    expect { Numo::DFloat.memmap(path, shape: [2], mode: "w+", offset: 2**63) }
+      .to raise_error(ArgumentError, "offset 9223372036854775808 + 16 bytes of data is more than a file can hold")
+    expect(File.binread(path)).to eq("precious")
+  end
+
   it "never follows a symlink when creating with w+" do
     target = File.join(dir, "target")
     File.binwrite(target, "keep")

@@ -69,6 +69,26 @@ pub fn memmap(
     if mode == FileMode::Create && shape.is_none() {
         return Err(Error::Argument("mode \"w+\" needs a shape".into()));
     }
+    let start =
+        usize::try_from(offset).map_err(|_| Error::Argument("offset is too large".into()))?;
+    let sized = |plan: shared_array::Plan| -> Result<(shared_array::Plan, usize)> {
+        let end = start
+            .checked_add(plan.bytes)
+            .filter(|&end| libc::off_t::try_from(end).is_ok())
+            .ok_or_else(|| {
+                Error::Argument(format!(
+                    "offset {start} + {} bytes of data is more than a file can hold",
+                    plan.bytes
+                ))
+            })?;
+        Ok((plan, end))
+    };
+    // A given shape and class are checked before the file is opened: "w+"
+    // truncates, and bad input must not cost the file its contents.
+    let requested = match shape {
+        Some(shape) => Some(sized(shared_array::plan(ruby, klass, shape)?)?),
+        None => None,
+    };
     let raw = open(
         path.as_str(),
         mode.open_flags() | OFlag::O_CLOEXEC,
@@ -81,16 +101,13 @@ pub fn memmap(
     if !regular {
         return Err(Error::Argument(format!("{what} is not a regular file")));
     }
-    let shape = match shape {
-        Some(shape) => shape,
-        None => whole_file_shape(ruby, klass, size, offset, &what)?,
+    let (plan, end) = match requested {
+        Some(requested) => requested,
+        None => {
+            let shape = whole_file_shape(ruby, klass, size, offset, &what)?;
+            sized(shared_array::plan(ruby, klass, shape)?)?
+        }
     };
-    let plan = shared_array::plan(ruby, klass, shape)?;
-    let start =
-        usize::try_from(offset).map_err(|_| Error::Argument("offset is too large".into()))?;
-    let end = start
-        .checked_add(plan.bytes)
-        .ok_or_else(|| Error::Argument("offset + data size overflows".into()))?;
     if mode == FileMode::Create {
         segment::reserve(&fd, end, &what)?;
         if let Some(prefix) = prefix {
