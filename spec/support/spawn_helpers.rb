@@ -14,16 +14,18 @@ module SpawnHelpers
   # Runs +script+ in a new Ruby process (Process.spawn through IO.popen)
   # that has required numo/shared; returns its standard output.
   def run_ruby(script)
-    out = IO.popen([RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script], err: %i[child out], &:read)
-    raise "ruby exited with #{$CHILD_STATUS.exitstatus}: #{out}" unless $CHILD_STATUS.success?
-
-    out
+    run_command(RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script)
   end
 
   # Runs +code+ with Debian's python3 (which has numpy); returns stdout.
   def run_python(code)
-    out = IO.popen(["/usr/bin/python3", "-c", code], err: %i[child out], &:read)
-    raise "python3 exited with #{$CHILD_STATUS.exitstatus}: #{out}" unless $CHILD_STATUS.success?
+    run_command("/usr/bin/python3", "-c", code)
+  end
+
+  # Output (stdout and stderr) of a command that must succeed.
+  def run_command(*argv)
+    out = IO.popen(argv, err: %i[child out], &:read)
+    raise "#{File.basename(argv[0])} exited with #{$CHILD_STATUS.exitstatus}: #{out}" unless $CHILD_STATUS.success?
 
     out
   end
