@@ -23,6 +23,14 @@ RSpec.describe Numo::Parallel do
     recorded
   end
 
+  # Sums of two columns of +source+ returned by reference, and the bytes of
+  # shared memory mapped while they are alive (a method, so that nothing
+  # holds the views once it returns).
+  def column_sums_by_reference(source)
+    columns = described_class.map([0, 1], opts) { |i| source[true, i] }
+    [columns.map(&:sum), segment_mapped_bytes]
+  end
+
   describe "results" do
     it "returns the same values, classes and shapes as Parallel.map, large ones in shared memory" do
       theirs = Parallel.map(0...6, opts) { |i| frame(i) }
@@ -103,22 +111,80 @@ RSpec.describe Numo::Parallel do
       expect(described_class.map(0...6, in_processes: 1, &block)).to eq(Parallel.map(0...6, in_processes: 1, &block))
     end
 
-    it "passes shared arrays and contiguous views made before the map by reference" do
+    it "passes shared arrays and every view of them made before the map by reference" do
       source = Numo::DFloat.new_shared(4, 20_000).seq
+      views = [
+        ->(s) { s }, ->(s) { s[1, true] }, ->(s) { s[true, 7] }, ->(s) { s[(0..).step(2), 3..9].transpose },
+        ->(s) { s[[3, 0], [5, 1, 19_999]] }, ->(s) { s.reverse(1)[2, 10..] }, ->(s) { s[[2, 1], true][true, [4, 3]] }
+      ]
       before = residue
-      whole, row, column = described_class.map([0, 1, 2], opts) do |i|
-        [source, source[1, true], source[true, 7]][i]
-      end
-      expect([whole, row, column]).to eq([source, source[1, true], source[true, 7]])
-      expect([whole, row]).to all(be_shared)
+      results = described_class.map(0...views.size, opts) { |i| views[i].call(source) }
+      expected = views.map { |view| view.call(source) }
+      expect(results).to eq(expected)
+      expect(results.map(&:shape)).to eq(expected.map(&:shape))
+      expect(results.map(&:contiguous?)).to eq([true, true, false, false, false, false, false])
+      expect(results).to all(be_shared)
       expect(results_mapped_bytes).to eq(before[:results]) # nothing copied into a results arena
-      # Second mappings of the same pages: all 157 pages of the source, and
-      # the 40 pages that row 1 (bytes 160,000...320,000) touches.
-      expect(segment_mapped_bytes).to eq(before[:segments] + (157 * 4096) + (40 * 4096))
-      whole[0, 0] = -1.0
-      row[5] = -2.0
-      column[0] = -3.0 # a non-contiguous view comes back as a copy
-      expect([source[0, 0], source[1, 5], source[0, 7]]).to eq([-1.0, -2.0, 7.0])
+      # Second mappings of the same pages: all 157 pages of the source for
+      # the whole array and each of the five non-contiguous views (rebuilt
+      # over the array they look into), and the 40 pages row 1 touches.
+      expect(segment_mapped_bytes).to eq(before[:segments] + (6 * 157 * 4096) + (40 * 4096))
+      results.each_with_index do |result, i|
+        result[result.size - 1] = -(i + 1.0)
+        expect(views[i].call(source)[-1]).to eq(-(i + 1.0)), "view #{i} did not write through"
+      end
+    end
+
+    it "unmaps the array behind a view returned by reference when the view is collected" do
+      source = Numo::DFloat.new_shared(4, 20_000).seq
+      before = residue[:segments]
+      expect(column_sums_by_reference(source)).to eq([[120_000.0, 120_004.0], before + (2 * 157 * 4096)])
+      full_gc
+      expect(segment_mapped_bytes).to eq(before)
+    end
+
+    it "passes Bit views by reference, their offsets and strides counted in bits" do
+      bits = Numo::Bit.new_shared(1000)
+      bits[(0..).step(3)] = 1
+      views = [->(b) { b }, ->(b) { b[(1..).step(3)] }, ->(b) { b[5..20] }, ->(b) { b[[0, 3, 999, 4]] },
+               ->(b) { b.reverse }]
+      results = described_class.map(0...views.size, opts) { |i| views[i].call(bits) }
+      expect(results.map(&:to_a)).to eq(views.map { |view| view.call(bits).to_a })
+      expect(results).to all(be_shared)
+      results.each_with_index do |result, i|
+        last = result.size - 1
+        result[last] = 1 - result[last]
+        expect(views[i].call(bits)[last]).to eq(result[last]), "Bit view #{i} did not write through"
+      end
+    end
+
+    it "keeps views made by reference valid under GC.stress and GC.compact" do
+      source = Numo::Int32.new_shared(300, 300).seq
+      make = ->(i) { [source[true, i], source[[i, 0], (0..).step(7)], source.transpose[i..(i + 2), true]] }
+      GC.stress = true
+      results = described_class.map(0...3, opts) { |i| make.call(i) }
+      GC.stress = false
+      GC.verify_compaction_references(toward: :empty, double_heap: true)
+      GC.compact
+      expect(results).to eq((0...3).map { |i| make.call(i) })
+    ensure
+      GC.stress = false
+    end
+
+    it "refuses view geometry that reaches outside the array it looks into" do
+      source = Numo::DFloat.new_shared(10).seq
+      serial, = Numo::Shared::Native.location(source)
+      claim = lambda do |offset, strides, tables = ""|
+        Numo::Shared::Native.claim_view(Numo::DFloat.allocate, [3], [serial, 0, 80, offset, strides], tables)
+      end
+      outside = "a view returned by reference reaches outside the 80 bytes of the array it looks into"
+      expect { claim.call(64, [8]) }.to raise_error(ArgumentError, outside)
+      expect { claim.call(8, [-8]) }.to raise_error(ArgumentError, outside)
+      expect { claim.call(0, [nil], [0, 8, 80].pack("J*")) }.to raise_error(ArgumentError, outside)
+      expect { claim.call(0, [nil], [0, 8].pack("J*")) }
+        .to raise_error(ArgumentError, "a view's index tables are shorter than its shape")
+      expect { claim.call(0, [8, 8]) }.to raise_error(ArgumentError, "a view of 1 dimensions came with 2 strides")
+      expect(claim.call(16, [-8]).to_a).to eq([2.0, 1.0, 0.0])
     end
 
     it "gives each result its own memory, freed when that result is collected" do

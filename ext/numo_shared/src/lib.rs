@@ -11,6 +11,7 @@ mod numo;
 mod segment;
 mod shape;
 mod shared_array;
+mod view;
 
 use magnus::{
     function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, RString, Ruby, Value,
@@ -37,6 +38,8 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("layout_mismatch", function!(layout_mismatch, 3))?;
     native.define_module_function("location", function!(location, 1))?;
     native.define_module_function("claim_reference", function!(claim_reference, 4))?;
+    native.define_module_function("view_location", function!(view_location, 1))?;
+    native.define_module_function("claim_view", function!(claim_view, 4))?;
     native.define_module_function("create_named", function!(create_named, 3))?;
     native.define_module_function("open_named", function!(open_named, 2))?;
     native.define_module_function("unlink_named", function!(unlink_named, 1))?;
@@ -149,6 +152,22 @@ fn claim_reference(
     offset: usize,
 ) -> Result<Value, magnus::Error> {
     arena::claim_reference(ruby, obj, shape, serial, offset).map_err(|e| e.into_ruby(ruby))
+}
+
+/// `Numo::Shared::Native.view_location(array)`: the geometry of a view of a
+/// shared array (see `view::location`), or nil.
+fn view_location(ruby: &Ruby, obj: Value) -> Option<view::Location> {
+    view::location(ruby, obj)
+}
+
+fn claim_view(
+    ruby: &Ruby,
+    obj: Value,
+    shape: RArray,
+    geometry: view::Geometry,
+    tables: RString,
+) -> Result<Value, magnus::Error> {
+    view::claim(ruby, obj, shape, geometry, tables).map_err(|e| e.into_ruby(ruby))
 }
 
 fn arena_export_target(

@@ -49,13 +49,70 @@ impl NArrayBase {
     }
 }
 
-/// `narray_view_t`, as far as we read it: the object the view looks into
-/// and the byte offset of the view's first element in that object's data.
+/// `narray_view_t`: the object the view looks into, the offset of the
+/// view's first element in that object's data, and per dimension a
+/// `stridx_t`, a union of a stride (`stride << 1 | 1`) and a pointer to a
+/// `ruby_xmalloc`ed table of offsets, one per index of that dimension.
+/// Offsets and strides count bytes, or bits for `Numo::Bit`.
 #[repr(C)]
 pub struct NArrayView {
     pub base: NArrayBase,
     pub data: VALUE,
     pub offset: usize,
+    pub stridx: *mut usize,
+}
+
+/// One dimension of a view, as `stridx_t` holds it.
+pub enum Step {
+    Stride(isize),
+    Index(Vec<usize>),
+}
+
+impl Step {
+    /// Decodes `stridx[dim]` of a live view whose `dim` has `len` indices.
+    ///
+    /// # Safety
+    /// `raw` must be a `stridx_t` of a live view, `len` its dimension's size.
+    pub unsafe fn decode(raw: usize, len: usize) -> Step {
+        if raw & 1 == 1 {
+            Step::Stride((raw as isize) >> 1)
+        } else {
+            Step::Index(std::slice::from_raw_parts(raw as *const usize, len).to_vec())
+        }
+    }
+
+    /// The `stridx_t` for this step; an index table is copied to a buffer
+    /// from `ruby_xmalloc`, which numo-narray frees with the view.
+    ///
+    /// # Safety
+    /// May allocate (and so run the GC); the result must be stored in a view.
+    pub unsafe fn encode(&self) -> usize {
+        match self {
+            Step::Stride(stride) => ((stride << 1) | 1) as usize,
+            Step::Index(table) => {
+                let buf = rb_sys::ruby_xmalloc2(
+                    table.len().max(1) as rb_sys::size_t,
+                    std::mem::size_of::<usize>() as rb_sys::size_t,
+                ) as *mut usize;
+                std::ptr::copy_nonoverlapping(table.as_ptr(), buf, table.len());
+                buf as usize
+            }
+        }
+    }
+
+    /// The smallest and largest offset this step adds over `len` indices.
+    pub fn reach(&self, len: usize) -> (i128, i128) {
+        match self {
+            Step::Stride(stride) => {
+                let far = *stride as i128 * (len as i128 - 1).max(0);
+                (far.min(0), far.max(0))
+            }
+            Step::Index(table) => (
+                table.iter().min().map_or(0, |&i| i as i128),
+                table.iter().max().map_or(0, |&i| i as i128),
+            ),
+        }
+    }
 }
 
 /// `narray_type_info_t`, the per-class element description.

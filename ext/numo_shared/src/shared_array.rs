@@ -18,7 +18,9 @@ use magnus::{prelude::*, rb_sys::AsRawValue, rb_sys::FromRawValue, RArray, RClas
 use rb_sys::{rb_data_type_struct__bindgen_ty_1, rb_data_type_t, size_t, VALUE};
 
 use crate::error::{Error, Result};
-use crate::numo::{self, NArrayData, NArrayView, TypeInfo, NARRAY_DATA_T, NARRAY_VIEW_T};
+use crate::numo::{
+    self, NArrayBase, NArrayData, NArrayView, Step, TypeInfo, NARRAY_DATA_T, NARRAY_VIEW_T,
+};
 use crate::segment::Segment;
 use crate::shape;
 
@@ -47,7 +49,7 @@ pub fn set_narray_type(ty: *const rb_data_type_t) {
     NARRAY_TYPE.store(ty as *mut _, Ordering::Release);
 }
 
-fn narray_type() -> *const rb_data_type_t {
+pub fn narray_type() -> *const rb_data_type_t {
     NARRAY_TYPE.load(Ordering::Acquire)
 }
 
@@ -279,29 +281,92 @@ impl Plan {
     /// Its data starts `delta` bytes into the segment.
     pub fn adopt(&self, obj: Value, segment: Option<Segment>, delta: usize) -> Result<Value> {
         let raw = obj.as_raw();
-        // SAFETY: checked to be an unallocated Numo data array of this type.
+        let old = self.fresh_struct(raw)?;
+        let array = self.build(segment, delta);
+        // SAFETY: old is obj's unallocated struct (checked above); no
+        // allocation (so no GC) between the swap and the free.
         unsafe {
-            let old = numo::data_ptr_of(raw) as *mut NArrayData;
-            if !numo::is_typed_data(raw)
-                || numo::data_type_of(raw) != self.numo_type
-                || old.is_null()
-                || (*old).base.kind != NARRAY_DATA_T
-                || !(*old).ptr.is_null()
-            {
-                return Err(Error::Type(
-                    "only a freshly allocated array of the same class can adopt shared memory"
-                        .into(),
-                ));
-            }
-            let array = self.build(segment, delta);
-            let ty = shared_type_for(self.numo_type);
-            // No allocation (so no GC) between the swap and the free.
-            (*(raw as *mut rb_sys::RTypedData)).type_ = ty;
+            (*(raw as *mut rb_sys::RTypedData)).type_ = shared_type_for(self.numo_type);
             numo::set_data_ptr(raw, std::ptr::null_mut());
             free_shape(&*old);
             rb_sys::ruby_xfree(old as *mut c_void);
             Ok(install(raw, array))
         }
+    }
+
+    /// Turns `obj`, an unallocated array just made by its class's allocator,
+    /// into a Numo view (of numo-narray's `view_type`) of `base` with this
+    /// plan's shape, starting `offset` into `base`'s data, one `steps` entry
+    /// per dimension. The caller has checked that every element it reaches
+    /// lies inside `base`.
+    pub fn adopt_view(
+        &self,
+        obj: Value,
+        view_type: *const rb_data_type_t,
+        base: Value,
+        offset: usize,
+        steps: &[Step],
+    ) -> Result<Value> {
+        let raw = obj.as_raw();
+        let old = self.fresh_struct(raw)?;
+        let dims = &self.dims;
+        // SAFETY: every buffer comes from ruby_xmalloc, as numo-narray's view
+        // free expects; they are all made (allocation may run the GC) before
+        // obj's struct is swapped, and nothing allocates between the swap and
+        // freeing the old struct. base stays on this stack until obj marks it.
+        unsafe {
+            let size = std::mem::size_of::<usize>() as size_t;
+            let view = rb_sys::ruby_xmalloc(std::mem::size_of::<NArrayView>() as size_t)
+                as *mut NArrayView;
+            let stridx = rb_sys::ruby_xmalloc2(dims.len().max(1) as size_t, size) as *mut usize;
+            for (i, step) in steps.iter().enumerate() {
+                *stridx.add(i) = step.encode();
+            }
+            let shape = if dims.len() <= 1 {
+                std::ptr::null_mut()
+            } else {
+                let buf = rb_sys::ruby_xmalloc2(dims.len() as size_t, size) as *mut usize;
+                std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
+                buf
+            };
+            view.write(NArrayView {
+                base: NArrayBase {
+                    ndim: dims.len() as u8,
+                    kind: NARRAY_VIEW_T,
+                    size: dims.iter().product(),
+                    shape,
+                    ..(*old).base
+                },
+                data: base.as_raw(),
+                offset,
+                stridx,
+            });
+            if shape.is_null() {
+                (*view).base.shape = &mut (*view).base.size;
+            }
+            (*(raw as *mut rb_sys::RTypedData)).type_ = view_type;
+            numo::set_data_ptr(raw, view as *mut c_void);
+            free_shape(&*old);
+            rb_sys::ruby_xfree(old as *mut c_void);
+        }
+        Ok(obj)
+    }
+
+    /// The struct of `obj` if it is an unallocated data array of this
+    /// plan's class, as its allocator (and so `Marshal.load`) makes them.
+    fn fresh_struct(&self, raw: VALUE) -> Result<*mut NArrayData> {
+        // SAFETY: each step checks the object's type before reading its struct.
+        unsafe {
+            if numo::is_typed_data(raw) && numo::data_type_of(raw) == self.numo_type {
+                let old = numo::data_ptr_of(raw) as *mut NArrayData;
+                if !old.is_null() && (*old).base.kind == NARRAY_DATA_T && (*old).ptr.is_null() {
+                    return Ok(old);
+                }
+            }
+        }
+        Err(Error::Type(
+            "only a freshly allocated array of the same class can adopt shared memory".into(),
+        ))
     }
 
     fn build(&self, segment: Option<Segment>, delta: usize) -> Box<SharedArray> {
@@ -517,6 +582,56 @@ pub fn location(obj: Value) -> Option<(u64, i32, usize)> {
             offset += (*view).offset;
         }
         Some((segment.serial(), segment.creator_pid(), offset))
+    }
+}
+
+/// A Numo view of a shared array, as read for passing it by reference: the
+/// segment and byte range of the array it looks into, and its own geometry.
+pub struct ViewOf {
+    pub serial: u64,
+    pub creator: i32,
+    /// Where the viewed array's data starts in its segment, and its size.
+    pub data_offset: usize,
+    pub data_bytes: usize,
+    /// The view's `offset` and one step per dimension (see `numo::Step`).
+    pub offset: usize,
+    pub steps: Vec<Step>,
+}
+
+/// `obj` read as a view of a shared array; `None` when `obj` is not a view,
+/// looks into an ordinary array or a released one, or has no dimensions.
+pub fn view_of(obj: Value) -> Option<ViewOf> {
+    let (raw, ptr) = shared_base(obj)?;
+    if raw == obj.as_raw() {
+        return None;
+    }
+    // SAFETY: ptr is our live struct; obj is a Numo view (shared_base read
+    // its type tag), whose shape and stridx have ndim entries.
+    unsafe {
+        let array = &mut *ptr;
+        let info = (*numo::data_type_of(raw)).data as *const TypeInfo;
+        let data_bytes = numo::data_bytes(&*info, array.data.base.size)?;
+        let segment = array.segment.as_mut()?;
+        let data_offset = array.data.ptr.offset_from(segment.as_mut_ptr()) as usize;
+        let view = &*(numo::data_ptr_of(obj.as_raw()) as *const NArrayView);
+        let ndim = view.base.ndim as usize;
+        if ndim == 0 || view.stridx.is_null() || view.base.shape.is_null() {
+            return None;
+        }
+        let dims = std::slice::from_raw_parts(view.base.shape, ndim);
+        let steps = dims
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| Step::decode(*view.stridx.add(i), len))
+            .collect();
+        Some(ViewOf {
+            serial: segment.serial(),
+            creator: segment.creator_pid(),
+            data_offset,
+            data_bytes,
+            offset: view.offset,
+            steps,
+        })
     }
 }
 

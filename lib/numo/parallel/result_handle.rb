@@ -20,7 +20,10 @@ module Numo
     # - +:block+: a block of the arena that becomes the result's own memory,
     # - +:bytes+: packed bytes of a small result, copied out by the parent,
     # - +:reference+: memory the parent already has (a shared array made
-    #   before the map, or a contiguous view of one), mapped again.
+    #   before the map, or a contiguous view of one), mapped again;
+    # - +:view+: any other view of such an array, rebuilt over the array it
+    #   looks into, mapped again (index tables of fancy-indexed views travel
+    #   packed in the arena, like small results).
     # @!visibility private
     module ResultHandle
       module_function
@@ -40,6 +43,8 @@ module Numo
           [HANDLE_TAG, arena.id, :block, array.shape, offset]
         elsif (reference = reference_to(array, arena))
           [HANDLE_TAG, arena.id, :reference, array.shape, *reference]
+        elsif (view = view_of(array, arena))
+          [HANDLE_TAG, arena.id, :view, array.shape, *view]
         end
       end
 
@@ -54,19 +59,37 @@ module Numo
         when :block then arena.claim(array, shape, *where)
         when :bytes then numo_load.call([1, shape, 0, arena.read_bytes(*where)])
         when :reference then Numo::Shared::Native.claim_reference(array, shape, *where)
+        when :view then load_view(array, shape, arena, where)
         else raise ArgumentError, "unknown kind of result handle: #{kind.inspect}"
         end
       end
 
       # [serial, offset] of a shared array, or a contiguous view of one, that
-      # the parent mapped before the fork: the parent maps it again.
+      # the parent mapped before the fork: the parent maps it again. (A Bit
+      # view's offset counts bits, so Bit views go as views.)
       def reference_to(array, arena)
-        return if array.is_a?(Numo::Bit)
+        return if array.is_a?(Numo::Bit) && Numo::Shared::Native.view_location(array)
 
         serial, creator, offset = Numo::Shared::Native.location(array)
         return unless serial && creator == arena.owner_pid && array.contiguous?
 
         [serial, offset]
+      end
+
+      # [serial, data offset, data bytes, view offset, strides, tables offset,
+      # tables bytes] of a view of a shared array the parent mapped before the
+      # fork, with its index tables (if any) packed in the arena; or nil.
+      def view_of(array, arena)
+        serial, creator, *geometry, tables = Numo::Shared::Native.view_location(array)
+        return unless serial && creator == arena.owner_pid
+
+        [serial, *geometry, tables.empty? ? 0 : arena.write_bytes(tables), tables.bytesize]
+      end
+
+      def load_view(array, shape, arena, where)
+        *geometry, tables_at, tables_size = where
+        tables = tables_size.zero? ? "" : arena.read_bytes(tables_at, tables_size)
+        Numo::Shared::Native.claim_view(array, shape, geometry, tables)
       end
 
       def copy(array, arena)
