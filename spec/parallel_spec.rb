@@ -14,10 +14,16 @@ RSpec.describe Numo::Parallel do
 
   # What the pipe carried for the last NArray a worker sent, measured in the
   # worker and written into shared memory for the parent to read.
+  # Also records in [1] whether those bytes held a DFloat 1.2345e300.
   def recording_pipe_bytes
-    recorded = Numo::Int64.new_shared(1)
+    recorded = Numo::Int64.new_shared(2)
+    marker = [1.2345e300].pack("E")
     allow(Marshal).to receive(:dump).and_wrap_original do |original, obj, *rest|
-      recorded[0] = original.call(obj).bytesize if rest.first.is_a?(IO) && obj.is_a?(Numo::NArray)
+      if rest.first.is_a?(IO) && obj.is_a?(Numo::NArray)
+        bytes = original.call(obj)
+        recorded[0] = bytes.bytesize
+        recorded[1] = bytes.include?(marker) ? 1 : 0
+      end
       original.call(obj, *rest)
     end
     recorded
@@ -70,26 +76,18 @@ RSpec.describe Numo::Parallel do
       expect(ours[1][:parts][1].data).to be_shared
     end
 
-    it "sends a handle of under 200 bytes through the pipe for large and medium arrays" do
+    it "sends only a handle of under 100 bytes through the pipe, never the data, whatever the size" do
       recorded = recording_pipe_bytes
-      [100_000, 1_000].each do |n|
-        result = described_class.map([0], in_processes: 1) { Numo::DFloat.new(n).seq }
-        expect(result[0]).to eq(Numo::DFloat.new(n).seq)
-        expect(recorded[0]).to be_between(1, 200)
-        Parallel.map([0], in_processes: 1) { Numo::DFloat.new(n).seq }
-        expect(recorded[0]).to be > 8 * n
+      [[100_000], [1_000], [16], [1], [2, 3, 4]].each do |shape|
+        make = -> { Numo::DFloat.new(*shape).fill(1.2345e300) }
+        expect(described_class.map([0], in_processes: 1) { make.call }).to eq([make.call])
+        expect(recorded.to_a).to match([be_between(1, 99), 0]), "shape #{shape.inspect}: #{recorded.to_a.inspect}"
+        Parallel.map([0], in_processes: 1) { make.call }
+        expect(recorded[1]).to eq(1) # the gem sends the data itself
       end
-    end
-
-    it "sends arrays of at most INLINE_BYTES inline, as Numo marshals them" do
-      recorded = recording_pipe_bytes
-      tiny = Numo::Parallel::INLINE_BYTES / 8
-      expect(described_class.map([0], in_processes: 1) do
-               Numo::DFloat.new(tiny).seq
-             end).to eq([Numo::DFloat.new(tiny).seq])
-      expect(recorded[0]).to be > Numo::Parallel::INLINE_BYTES
-      described_class.map([0], in_processes: 1) { Numo::DFloat.new(tiny + 1).seq }
-      expect(recorded[0]).to be < 200
+      expect(described_class.map([0], in_processes: 1) { Numo::Bit[1, 0, 1] }).to eq([Numo::Bit[1, 0, 1]])
+      expect(recorded[0]).to be_between(1, 99)
+      expect(described_class.map([0], in_processes: 1) { Numo::Int8.new(0) }).to eq([Numo::Int8.new(0)])
     end
 
     it "hands over arrays the worker allocated in shared memory instead of copying them" do
@@ -221,7 +219,7 @@ RSpec.describe Numo::Parallel do
     end
 
     it "refuses handles for an arena that is not open" do
-      handle = [Numo::Parallel::HANDLE_TAG, 12_345, :block, [2], 4096]
+      handle = [12_345, 1, 1, 2, 4096].pack("q<*", buffer: Numo::Parallel::HANDLE_MAGIC.dup)
       forged = "\x04\bU:\x11Numo::DFloat#{Marshal.dump(handle)[2..]}"
       expect { Marshal.load(forged) } # rubocop:disable Security/MarshalLoad
         .to raise_error(ArgumentError, "marshal data names a results arena that is not open in this process")

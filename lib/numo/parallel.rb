@@ -93,7 +93,7 @@ module Numo
       # The open arena named +id+ in this process, or nil.
       # @!visibility private
       def arena(id)
-        @arenas_lock.synchronize { @arenas[id] }
+        @arenas[id] # a single Hash read; additions and removals hold the lock
       end
 
       private
@@ -116,7 +116,7 @@ module Numo
 
       def worker_block(arena, block)
         lambda do |*item|
-          worker = Process.pid != arena.owner_pid
+          worker = arena.worker?
           Numo::Parallel.exporting_to = nil
           Numo::Parallel.worker_arena = (arena if worker)
           begin

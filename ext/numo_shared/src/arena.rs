@@ -8,14 +8,16 @@
 //! `posix_fallocate`, so a full memory raises in the worker instead of
 //! SIGBUS); returning one sends the parent only its offset and shape, and the
 //! worker keeps a private copy-on-write view of it. Other arrays are copied
-//! in: large ones to a block of their own, small ones packed with `pwrite`.
-//! The parent maps each large block as the result's own segment, which frees
-//! its pages when the array is collected, and reads small ones into ordinary
-//! arrays. Closing the arena frees every range nobody claimed (a worker that
+//! in: large ones to a block of their own, small ones packed into a region
+//! that the parent maps before forking (so neither side makes a system call
+//! for them). The parent maps each large block as the result's own segment,
+//! which frees its pages when the array is collected, and copies small ones
+//! out into ordinary arrays. Closing the arena frees every range nobody claimed (a worker that
 //! raised or was killed mid-item, temporaries, small results already read)
 //! and closes the memfd, so nothing outlives the arrays actually returned,
 //! and nothing is ever named in /dev/shm.
 
+use std::borrow::Cow;
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,9 +28,10 @@ use memmap2::{MmapMut, MmapOptions};
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-use nix::unistd::{getpid, Pid};
+use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
+use crate::pid;
 use crate::segment::{self, io_error, Access, ArenaBlock, Segment};
 use crate::shared_array;
 
@@ -42,6 +45,12 @@ pub const OWN_MAPPING_BYTES: usize = 64 * 1024;
 /// use at any time take memory.
 const CAPACITY: u64 = 1 << 44;
 
+/// Small results are packed in `PAGE..PAGE + SMALL_REGION`, mapped (not
+/// populated) by the parent before forking; blocks come after it. When the
+/// region is full, small results are written to blocks with `pwrite`.
+const SMALL_REGION: u64 = 1 << 30;
+const BLOCKS_START: u64 = PAGE + SMALL_REGION;
+
 static NEXT_ARENA: AtomicU64 = AtomicU64::new(1);
 
 #[magnus::wrap(class = "Numo::Shared::Arena", free_immediately, size)]
@@ -53,16 +62,41 @@ pub struct Arena {
 
 struct Open {
     fd: OwnedFd,
+    /// The first page: the block cursor, then the small-region cursor.
     header: MmapMut,
+    /// The small-result region, mapped in the parent and inherited by workers.
+    small: MmapMut,
     /// Blocks handed to the parent's arrays: (offset, length).
     claimed: Vec<(u64, u64)>,
 }
 
 impl Open {
+    /// The cursor of the blocks.
     fn cursor(&self) -> &AtomicU64 {
-        // SAFETY: the header page is mapped for the arena's life and the
-        // cursor sits at its start, 8-byte aligned.
-        unsafe { &*(self.header.as_ptr() as *const AtomicU64) }
+        self.header_word(0)
+    }
+
+    /// The cursor of the small-result region.
+    fn small_cursor(&self) -> &AtomicU64 {
+        self.header_word(1)
+    }
+
+    fn header_word(&self, index: usize) -> &AtomicU64 {
+        // SAFETY: the header page is mapped for the arena's life; its first
+        // words are the cursors, 8-byte aligned.
+        unsafe { &*(self.header.as_ptr() as *const AtomicU64).add(index) }
+    }
+
+    /// Packs `data` into the small region; `None` when it does not fit.
+    fn pack_small(&mut self, data: &[u8]) -> Option<u64> {
+        let len = (data.len().max(1) as u64).next_multiple_of(8);
+        let cursor = self.small_cursor();
+        let start = cursor.fetch_add(len, Ordering::SeqCst);
+        let end = start.checked_add(len).filter(|&e| e <= SMALL_REGION)?;
+        let at = start as usize..start as usize + data.len();
+        debug_assert!(end as usize >= at.end);
+        self.small[at].copy_from_slice(data);
+        Some(PAGE + start)
     }
 
     /// Takes `len` bytes at an offset aligned to `align` (a power of two).
@@ -110,10 +144,31 @@ impl Open {
     /// Checks that `offset..offset + len` lies in what workers have taken.
     fn check_taken(&self, offset: u64, len: u64) -> Result<()> {
         let end = offset.checked_add(len).ok_or_else(|| bad_handle(offset))?;
-        if offset < PAGE || end > self.cursor().load(Ordering::SeqCst) {
+        let taken_up_to = if offset < BLOCKS_START {
+            PAGE + self.small_cursor().load(Ordering::SeqCst).min(SMALL_REGION)
+        } else {
+            self.cursor().load(Ordering::SeqCst)
+        };
+        if offset < PAGE || end > taken_up_to {
             return Err(bad_handle(offset));
         }
         Ok(())
+    }
+
+    /// A small result's bytes, from the mapped region or else with `pread`.
+    fn unpack(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+        self.check_taken(offset, len as u64)?;
+        if offset < BLOCKS_START {
+            let start = (offset - PAGE) as usize;
+            return Ok(Cow::Borrowed(&self.small[start..start + len]));
+        }
+        let mut data = vec![0u8; len];
+        let read = segment::read_at(&self.fd, &mut data, offset)
+            .map_err(|e| Error::os(e, "reading a result (results arena)"))?;
+        if read < len {
+            return Err(bad_handle(offset));
+        }
+        Ok(Cow::Owned(data))
     }
 }
 
@@ -134,22 +189,32 @@ impl Arena {
         let size = libc::off_t::try_from(CAPACITY)
             .map_err(|_| Error::os(Errno::EFBIG, "sizing the results arena"))?;
         nix::unistd::ftruncate(&fd, size).map_err(|e| Error::os(e, "sizing the results arena"))?;
-        // SAFETY: a shared mapping of our own memfd's first page.
-        let header = unsafe {
-            MmapOptions::new()
-                .len(PAGE as usize)
-                .map_mut(fd.as_raw_fd())
-        }
-        .map_err(|e| io_error(e, "mapping the results arena"))?;
+        // SAFETY: shared mappings of our own memfd's first page and of the
+        // small region after it (no page is touched until used).
+        let (header, small) = unsafe {
+            (
+                MmapOptions::new()
+                    .len(PAGE as usize)
+                    .map_mut(fd.as_raw_fd()),
+                MmapOptions::new()
+                    .offset(PAGE)
+                    .len(SMALL_REGION as usize)
+                    .map_mut(fd.as_raw_fd()),
+            )
+        };
+        let header = header.map_err(|e| io_error(e, "mapping the results arena"))?;
+        let small = small.map_err(|e| io_error(e, "mapping the results arena"))?;
         let open = Open {
             fd,
             header,
+            small,
             claimed: Vec::new(),
         };
-        open.cursor().store(PAGE, Ordering::SeqCst);
-        let owner = getpid();
-        let id =
-            (u64::from(owner.as_raw() as u32) << 32) | NEXT_ARENA.fetch_add(1, Ordering::Relaxed);
+        open.cursor().store(BLOCKS_START, Ordering::SeqCst);
+        let owner = pid::current();
+        // Small (a Fixnum in marshal data, which keeps handles short); only
+        // the owner loads handles, so ids need to differ within a process.
+        let id = NEXT_ARENA.fetch_add(1, Ordering::Relaxed) % (1 << 30);
         Ok(Arena {
             state: Mutex::new(Some(open)),
             owner,
@@ -165,8 +230,9 @@ impl Arena {
         }
     }
 
-    fn in_worker(&self) -> bool {
-        getpid() != self.owner
+    /// `arena.worker?`: whether this process is not the one that made it.
+    pub fn in_worker(&self) -> bool {
+        pid::current() != self.owner
     }
 
     fn owner_only(&self) -> Result<()> {
@@ -236,8 +302,24 @@ impl Arena {
     /// into the arena and returns their offset.
     pub fn write_bytes(&self, bytes: RString) -> Result<u64> {
         // SAFETY: the slice is used before any Ruby code can run.
-        let data = unsafe { bytes.as_slice() };
+        self.pack(unsafe { bytes.as_slice() })
+    }
+
+    /// `arena.write_array(array)` in a worker: packs the data of a small Numo
+    /// data array (not a view, not Numo::Bit) into the arena and returns its
+    /// offset; nil for other arrays, whose bytes `write_bytes` takes.
+    pub fn write_array(&self, obj: Value) -> Result<Option<u64>> {
+        match shared_array::data_bytes_of(obj) {
+            Some(data) => self.pack(data).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn pack(&self, data: &[u8]) -> Result<u64> {
         self.with_open(|open| {
+            if let Some(offset) = open.pack_small(data) {
+                return Ok(offset);
+            }
             let offset = open.take(data.len().max(1) as u64, 8, data.len())?;
             segment::write_all_at(&open.fd, data, offset).map_err(|e| {
                 Error::os(
@@ -252,21 +334,28 @@ impl Arena {
         })
     }
 
-    /// `arena.read_bytes(offset, length)` in the parent: a small result's
-    /// bytes as a String.
+    /// `arena.read_bytes(offset, length)` in the parent: packed bytes (a
+    /// view's index tables) as a String.
     pub fn read_bytes(ruby: &Ruby, rb_self: &Self, offset: u64, len: usize) -> Result<RString> {
         rb_self.owner_only()?;
-        let mut data = vec![0u8; len];
-        rb_self.with_open(|open| {
-            open.check_taken(offset, len as u64)?;
-            let read = segment::read_at(&open.fd, &mut data, offset)
-                .map_err(|e| Error::os(e, "reading a result (results arena)"))?;
-            if read < len {
-                return Err(bad_handle(offset));
-            }
-            Ok(())
-        })?;
+        let data = rb_self.with_open(|open| open.unpack(offset, len).map(|d| d.into_owned()))?;
         Ok(ruby.str_from_slice(&data))
+    }
+
+    /// `arena.fill(array, shape, offset, length)` in the parent: makes
+    /// `array`, just allocated by `Marshal.load`, an ordinary array of `shape`
+    /// holding a copy of a small result's packed bytes.
+    pub fn fill(
+        ruby: &Ruby,
+        rb_self: &Self,
+        obj: Value,
+        shape: RArray,
+        offset: u64,
+        len: usize,
+    ) -> Result<Value> {
+        rb_self.owner_only()?;
+        let plan = shared_array::plan_for_object(ruby, obj, shape)?;
+        rb_self.with_open(|open| plan.fill(obj, &open.unpack(offset, len)?))
     }
 
     /// `arena.claim(array, shape, offset)` in the parent: makes `array`, just
@@ -288,7 +377,7 @@ impl Arena {
                 let end = offset
                     .checked_add(round_up(len))
                     .ok_or_else(|| bad_handle(offset))?;
-                if !offset.is_multiple_of(PAGE) {
+                if !offset.is_multiple_of(PAGE) || offset < BLOCKS_START {
                     return Err(bad_handle(offset));
                 }
                 open.check_taken(offset, round_up(len))?;
@@ -338,7 +427,7 @@ impl Arena {
         self.owner.as_raw()
     }
 
-    /// Names this arena in handles (unique per process and arena).
+    /// Names this arena in handles (unique among the arenas of a process).
     pub fn id(&self) -> u64 {
         self.id
     }

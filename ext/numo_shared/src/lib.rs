@@ -8,6 +8,7 @@ mod file_map;
 mod header;
 mod named;
 mod numo;
+mod pid;
 mod segment;
 mod shape;
 mod shared_array;
@@ -29,6 +30,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let _ = ruby.get_inner(&error::FORMAT_ERROR);
 
     check_numo_layout(numo).map_err(|e| e.into_ruby(ruby))?;
+    pid::watch_forks();
 
     let native = shared.define_module("Native")?;
     native.define_module_function("create", function!(create, 2))?;
@@ -53,9 +55,12 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     arena.define_method("export_block", method!(arena_export_block, 1))?;
     arena.define_method("export_target", method!(arena_export_target, 2))?;
     arena.define_method("write_bytes", method!(arena_write_bytes, 1))?;
+    arena.define_method("write_array", method!(arena_write_array, 1))?;
     arena.define_method("read_bytes", method!(arena_read_bytes, 2))?;
+    arena.define_method("fill", method!(arena_fill, 4))?;
     arena.define_method("claim", method!(arena_claim, 3))?;
     arena.define_method("close", method!(arena_close, 0))?;
+    arena.define_method("worker?", method!(arena::Arena::in_worker, 0))?;
     arena.define_method("owner_pid", method!(arena::Arena::owner_pid, 0))?;
     arena.define_method("id", method!(arena::Arena::id, 0))?;
 
@@ -127,6 +132,25 @@ fn arena_write_bytes(
     bytes: RString,
 ) -> Result<u64, magnus::Error> {
     rb_self.write_bytes(bytes).map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_write_array(
+    ruby: &Ruby,
+    rb_self: &arena::Arena,
+    obj: Value,
+) -> Result<Option<u64>, magnus::Error> {
+    rb_self.write_array(obj).map_err(|e| e.into_ruby(ruby))
+}
+
+fn arena_fill(
+    ruby: &Ruby,
+    rb_self: &arena::Arena,
+    obj: Value,
+    shape: RArray,
+    offset: u64,
+    len: usize,
+) -> Result<Value, magnus::Error> {
+    arena::Arena::fill(ruby, rb_self, obj, shape, offset, len).map_err(|e| e.into_ruby(ruby))
 }
 
 fn arena_read_bytes(

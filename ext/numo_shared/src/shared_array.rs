@@ -322,13 +322,7 @@ impl Plan {
             for (i, step) in steps.iter().enumerate() {
                 *stridx.add(i) = step.encode();
             }
-            let shape = if dims.len() <= 1 {
-                std::ptr::null_mut()
-            } else {
-                let buf = rb_sys::ruby_xmalloc2(dims.len() as size_t, size) as *mut usize;
-                std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
-                buf
-            };
+            let shape = shape_buffer(dims);
             view.write(NArrayView {
                 base: NArrayBase {
                     ndim: dims.len() as u8,
@@ -348,6 +342,47 @@ impl Plan {
             numo::set_data_ptr(raw, view as *mut c_void);
             free_shape(&*old);
             rb_sys::ruby_xfree(old as *mut c_void);
+        }
+        Ok(obj)
+    }
+
+    /// Turns `obj`, an unallocated array just made by its class's allocator,
+    /// into an ordinary array of this plan whose data (from `ruby_xmalloc`,
+    /// as Numo's own) starts with a copy of `bytes`; the rest is zeroed.
+    pub fn fill(&self, obj: Value, bytes: &[u8]) -> Result<Value> {
+        if bytes.len() > self.bytes {
+            return Err(Error::Argument(format!(
+                "{} bytes do not fit an array of {} bytes",
+                bytes.len(),
+                self.bytes
+            )));
+        }
+        let raw = obj.as_raw();
+        let old = self.fresh_struct(raw)?;
+        let dims = &self.dims;
+        // SAFETY: both buffers are made before the struct is touched (an
+        // allocation may run the GC), and numo-narray frees them with xfree.
+        unsafe {
+            let data = if self.bytes == 0 {
+                std::ptr::null_mut()
+            } else {
+                let data = rb_sys::ruby_xmalloc(self.bytes as size_t) as *mut u8;
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
+                std::ptr::write_bytes(data.add(bytes.len()), 0, self.bytes - bytes.len());
+                data
+            };
+            let shape = shape_buffer(dims);
+            free_shape(&*old);
+            let na = &mut *old;
+            na.base.ndim = dims.len() as u8;
+            na.base.size = dims.iter().product();
+            na.base.shape = if shape.is_null() {
+                &mut na.base.size
+            } else {
+                shape
+            };
+            na.ptr = data;
+            na.owned = !data.is_null();
         }
         Ok(obj)
     }
@@ -384,21 +419,31 @@ impl Plan {
         array.data.owned = true;
         array.data.base.ndim = dims.len() as u8;
         array.data.base.size = dims.iter().product();
-        array.data.base.shape = if dims.len() <= 1 {
+        // SAFETY: the buffer (if any) goes straight into the struct.
+        let shape = unsafe { shape_buffer(dims) };
+        array.data.base.shape = if shape.is_null() {
             &mut array.data.base.size as *mut usize
         } else {
-            // SAFETY: numo-narray allocates shapes with ruby_xmalloc; so do we.
-            unsafe {
-                let buf = rb_sys::ruby_xmalloc2(
-                    dims.len() as size_t,
-                    std::mem::size_of::<usize>() as size_t,
-                ) as *mut usize;
-                std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
-                buf
-            }
+            shape
         };
         array
     }
+}
+
+/// The shape buffer numo-narray keeps for `dims`: a copy from `ruby_xmalloc`
+/// for two or more dimensions (Numo frees it), or null for fewer, whose
+/// shape points at the struct's own `size` field.
+///
+/// # Safety
+/// May allocate (and so run the GC); the buffer must end up in a struct.
+unsafe fn shape_buffer(dims: &[usize]) -> *mut usize {
+    if dims.len() <= 1 {
+        return std::ptr::null_mut();
+    }
+    let buf = rb_sys::ruby_xmalloc2(dims.len() as size_t, std::mem::size_of::<usize>() as size_t)
+        as *mut usize;
+    std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
+    buf
 }
 
 /// Puts `array` behind `obj`, whose data pointer is NULL and whose type is ours.
@@ -582,6 +627,33 @@ pub fn location(obj: Value) -> Option<(u64, i32, usize)> {
             offset += (*view).offset;
         }
         Some((segment.serial(), segment.creator_pid(), offset))
+    }
+}
+
+/// The data of `obj` when it is a Numo data array (not a view) of a class
+/// with whole-byte elements, whose memory is allocated: every byte of it.
+pub fn data_bytes_of<'a>(obj: Value) -> Option<&'a [u8]> {
+    let raw = obj.as_raw();
+    // SAFETY: each step checks the object's type before reading its struct;
+    // the slice is read before any Ruby code runs.
+    unsafe {
+        if !numo::is_typed_data(raw)
+            || narray_type().is_null()
+            || rb_sys::rb_typeddata_is_kind_of(raw, narray_type()) == 0
+        {
+            return None;
+        }
+        let na = numo::data_ptr_of(raw) as *const NArrayData;
+        let info = (*numo::data_type_of(raw)).data as *const TypeInfo;
+        if na.is_null() || info.is_null() || (*na).base.kind != NARRAY_DATA_T || (*na).ptr.is_null()
+        {
+            return None;
+        }
+        if (*info).element_bytes == 0 || (*info).element_bits == 1 {
+            return None;
+        }
+        let bytes = numo::data_bytes(&*info, (*na).base.size)?;
+        Some(std::slice::from_raw_parts((*na).ptr, bytes))
     }
 }
 

@@ -109,8 +109,7 @@ module Numo
 
       # Inside a worker of Numo::Parallel, while its result is sent to the
       # parent, only a handle to the array's data in shared memory is
-      # marshaled (arrays of a few hundred bytes travel inline). Everywhere
-      # else: Numo's full data, as always.
+      # marshaled. Everywhere else: Numo's full data, as always.
       # @!visibility private
       def marshal_dump
         arena = Numo::Parallel.exporting_to
@@ -122,9 +121,7 @@ module Numo
       # marshal data into one (which re-initializes the shape) is refused.
       # @!visibility private
       def marshal_load(data)
-        if data.is_a?(Array) && data[0] == Numo::Parallel::HANDLE_TAG
-          return Numo::Parallel::ResultHandle.load(self, data) { |numo_data| super(numo_data) }
-        end
+        return Numo::Parallel::ResultHandle.load(self, data) if Numo::Parallel::ResultHandle.handle?(data)
         raise FrozenError.new("cannot re-initialize a shared array with marshal data", receiver: self) if shared?
 
         super
@@ -161,9 +158,9 @@ module Numo
       # @!visibility private
       def allocate
         arena = Numo::Parallel.worker_arena
-        return self if arena&.allocate(self)
+        return super if arena.nil? || byte_size < Numo::Parallel::OWN_MAPPING_BYTES
 
-        super
+        arena.allocate(self) ? self : super
       end
     end
   end
