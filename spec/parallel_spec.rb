@@ -4,6 +4,12 @@ require "stringio"
 
 ParallelSpecPoint = Struct.new(:label, :data)
 
+# What Ractors run for the in_ractors spec (the gem calls a class method).
+class ParallelSpecRactorWork
+  def self.triple(value) = value * 3
+  def self.array(size) = Numo::DFloat.new(size).seq
+end
+
 RSpec.describe Numo::Parallel do
   let(:opts) { { in_processes: 2 } }
 
@@ -305,6 +311,18 @@ RSpec.describe Numo::Parallel do
         [result, out.string.include?("Work")]
       end
       expect(bar.call(described_class.method(:map))).to eq(bar.call(Parallel.method(:map)))
+    end
+
+    it "passes in_ractors through to the gem: same results, and the same refusal of NArrays in a Ractor" do
+      experimental = Warning[:experimental]
+      Warning[:experimental] = false
+      opts = { in_ractors: 2, ractor: [ParallelSpecRactorWork, :triple] }
+      expect(described_class.map([1, 2, 3], opts)).to eq(Parallel.map([1, 2, 3], opts))
+      opts = { in_ractors: 1, ractor: [ParallelSpecRactorWork, :array] }
+      expect { Parallel.map([2], opts) }.to raise_error(Ractor::UnsafeError)
+      expect { described_class.map([2], opts) }.to raise_error(Ractor::UnsafeError)
+    ensure
+      Warning[:experimental] = experimental
     end
 
     it "rejects in_processes together with in_threads as the gem does" do
