@@ -345,35 +345,22 @@ impl Arena {
     /// `arena.fill(array, shape, offset, length)` in the parent: makes
     /// `array`, just allocated by `Marshal.load`, an ordinary array of `shape`
     /// holding a copy of a small result's packed bytes.
-    pub fn fill(
-        ruby: &Ruby,
-        rb_self: &Self,
-        obj: Value,
-        shape: RArray,
-        offset: u64,
-        len: usize,
-    ) -> Result<Value> {
-        rb_self.owner_only()?;
-        let plan = shared_array::plan_for_object(ruby, obj, shape)?;
-        rb_self.with_open(|open| plan.fill(obj, &open.unpack(offset, len)?))
+    pub fn fill(&self, obj: Value, shape: RArray, offset: u64, len: usize) -> Result<Value> {
+        self.owner_only()?;
+        let plan = shared_array::plan_for_object(obj, shape)?;
+        self.with_open(|open| plan.fill(obj, &open.unpack(offset, len)?))
     }
 
     /// `arena.claim(array, shape, offset)` in the parent: makes `array`, just
     /// allocated by `Marshal.load`, the shared array over the worker's block.
-    pub fn claim(
-        ruby: &Ruby,
-        rb_self: &Self,
-        obj: Value,
-        shape: RArray,
-        offset: u64,
-    ) -> Result<Value> {
-        rb_self.owner_only()?;
-        let plan = shared_array::plan_for_object(ruby, obj, shape)?;
+    pub fn claim(&self, obj: Value, shape: RArray, offset: u64) -> Result<Value> {
+        self.owner_only()?;
+        let plan = shared_array::plan_for_object(obj, shape)?;
         let len = plan.bytes as u64;
         let segment = if len == 0 {
             None
         } else {
-            Some(rb_self.with_open(|open| {
+            Some(self.with_open(|open| {
                 let end = offset
                     .checked_add(round_up(len))
                     .ok_or_else(|| bad_handle(offset))?;
@@ -437,14 +424,8 @@ impl Arena {
 /// the parent: makes `array` (just allocated by `Marshal.load`) a shared
 /// array over the same memory as `offset` bytes into its live segment
 /// `serial`, without copying.
-pub fn claim_reference(
-    ruby: &Ruby,
-    obj: Value,
-    shape: RArray,
-    serial: u64,
-    offset: usize,
-) -> Result<Value> {
-    let plan = shared_array::plan_for_object(ruby, obj, shape)?;
+pub fn claim_reference(obj: Value, shape: RArray, serial: u64, offset: usize) -> Result<Value> {
+    let plan = shared_array::plan_for_object(obj, shape)?;
     if plan.bytes == 0 {
         return plan.adopt(obj, None, 0);
     }

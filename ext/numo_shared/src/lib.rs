@@ -150,7 +150,9 @@ fn arena_fill(
     offset: u64,
     len: usize,
 ) -> Result<Value, magnus::Error> {
-    arena::Arena::fill(ruby, rb_self, obj, shape, offset, len).map_err(|e| e.into_ruby(ruby))
+    rb_self
+        .fill(obj, shape, offset, len)
+        .map_err(|e| e.into_ruby(ruby))
 }
 
 fn arena_read_bytes(
@@ -175,7 +177,7 @@ fn claim_reference(
     serial: u64,
     offset: usize,
 ) -> Result<Value, magnus::Error> {
-    arena::claim_reference(ruby, obj, shape, serial, offset).map_err(|e| e.into_ruby(ruby))
+    arena::claim_reference(obj, shape, serial, offset).map_err(|e| e.into_ruby(ruby))
 }
 
 /// `Numo::Shared::Native.view_location(array)`: the geometry of a view of a
@@ -210,7 +212,9 @@ fn arena_claim(
     shape: RArray,
     offset: u64,
 ) -> Result<Value, magnus::Error> {
-    arena::Arena::claim(ruby, rb_self, obj, shape, offset).map_err(|e| e.into_ruby(ruby))
+    rb_self
+        .claim(obj, shape, offset)
+        .map_err(|e| e.into_ruby(ruby))
 }
 
 fn arena_close(ruby: &Ruby, rb_self: &arena::Arena) -> Result<(), magnus::Error> {

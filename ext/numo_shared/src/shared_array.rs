@@ -11,7 +11,7 @@
 //! long as the array or any view of it.
 
 use std::ffi::{c_void, CString};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use magnus::{prelude::*, rb_sys::AsRawValue, rb_sys::FromRawValue, RArray, RClass, Ruby, Value};
@@ -43,6 +43,11 @@ static NARRAY_TYPE: AtomicPtr<rb_data_type_t> = AtomicPtr::new(std::ptr::null_mu
 /// One `rb_data_type_t` of ours per Numo class type, made on first use and
 /// kept for the life of the process: (Numo's type, ours).
 static SHARED_TYPES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// Our types again, in the order made, readable without the lock: every
+/// `shared?` asks. numo-narray has 13 numeric classes; a type past the last
+/// slot is still found in `SHARED_TYPES`.
+static SHARED_TYPE_SLOTS: [AtomicUsize; 32] = [const { AtomicUsize::new(0) }; 32];
 
 /// Records Numo's root type, read off a probe array's type chain.
 pub fn set_narray_type(ty: *const rb_data_type_t) {
@@ -86,13 +91,24 @@ fn shared_type_for(numo_type: *const rb_data_type_t) -> *const rb_data_type_t {
     });
     let ours = Box::into_raw(ours) as usize;
     types.push((numo_type as usize, ours));
+    if let Some(slot) = SHARED_TYPE_SLOTS.get(types.len() - 1) {
+        slot.store(ours, Ordering::Release);
+    }
     ours as *const rb_data_type_t
 }
 
 /// True for the types made by `shared_type_for`.
 fn is_shared_type(ty: *const rb_data_type_t) -> bool {
+    let ty = ty as usize;
+    for slot in &SHARED_TYPE_SLOTS {
+        match slot.load(Ordering::Acquire) {
+            0 => return false,
+            ours if ours == ty => return true,
+            _ => {}
+        }
+    }
     let types = SHARED_TYPES.lock().unwrap_or_else(|e| e.into_inner());
-    types.iter().any(|&(_, ours)| ours == ty as usize)
+    types.iter().any(|&(_, ours)| ours == ty)
 }
 
 unsafe extern "C" fn free_shared(ptr: *mut c_void) {
@@ -208,9 +224,9 @@ pub fn plan(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Plan> {
 
 /// The plan for turning `obj`, an unallocated array just made by its class's
 /// allocator (as `Marshal.load` makes them), into an array of `shape`.
-pub fn plan_for_object(ruby: &Ruby, obj: Value, shape: RArray) -> Result<Plan> {
+pub fn plan_for_object(obj: Value, shape: RArray) -> Result<Plan> {
+    // numo_class_of checks obj's own type, which is all check_class would.
     let klass = obj.class();
-    check_class(ruby, klass)?;
     let (dims, elements) = shape::dimensions(shape)?;
     plan_from(klass, obj, dims, elements, || shape::describe(shape))
 }

@@ -66,7 +66,7 @@ pub fn claim(
     tables: RString,
 ) -> Result<Value> {
     let (serial, data_offset, data_bytes, offset, strides) = geometry;
-    let plan = shared_array::plan_for_object(ruby, obj, shape)?;
+    let plan = shared_array::plan_for_object(obj, shape)?;
     if plan.bytes == 0 {
         return plan.adopt(obj, None, 0);
     }
