@@ -348,7 +348,10 @@ impl Arena {
     pub fn fill(&self, obj: Value, shape: RArray, offset: u64, len: usize) -> Result<Value> {
         self.owner_only()?;
         let plan = shared_array::plan_for_object(obj, shape)?;
-        self.with_open(|open| plan.fill(obj, &open.unpack(offset, len)?))
+        // Copied out first: filling allocates, which may run the GC (or
+        // raise), and must not happen while the arena is locked.
+        let bytes = self.with_open(|open| open.unpack(offset, len).map(Cow::into_owned))?;
+        plan.fill(obj, &bytes)
     }
 
     /// `arena.claim(array, shape, offset)` in the parent: makes `array`, just
