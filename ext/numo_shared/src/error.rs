@@ -97,3 +97,11 @@ fn system_call_error(ruby: &Ruby, errno: Errno, context: &str) -> magnus::Error 
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Lets the modules' functions be bound to Ruby methods as they are: magnus
+/// turns an `Err` into the Ruby exception `into_ruby` names.
+impl magnus::error::IntoError for Error {
+    fn into_error(self, ruby: &Ruby) -> magnus::Error {
+        self.into_ruby(ruby)
+    }
+}

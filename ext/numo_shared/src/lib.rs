@@ -15,9 +15,10 @@ mod shared_array;
 mod view;
 
 use magnus::{
-    function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, RString, Ruby, Value,
+    function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, Ruby, Value,
 };
 
+use crate::arena::Arena;
 use crate::error::Error;
 
 #[magnus::init]
@@ -33,192 +34,41 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     pid::watch_forks();
 
     let native = shared.define_module("Native")?;
-    native.define_module_function("create", function!(create, 2))?;
+    native.define_module_function("create", function!(shared_array::create, 2))?;
     native.define_module_function("shared?", function!(shared_array::is_shared, 1))?;
     native.define_module_function("mapped_bytes", function!(shared_array::mapped_bytes, 1))?;
     native.define_module_function("release", function!(shared_array::release, 1))?;
     native.define_module_function("layout_mismatch", function!(layout_mismatch, 3))?;
-    native.define_module_function("location", function!(location, 1))?;
-    native.define_module_function("claim_reference", function!(claim_reference, 4))?;
-    native.define_module_function("view_location", function!(view_location, 1))?;
-    native.define_module_function("claim_view", function!(claim_view, 4))?;
-    native.define_module_function("create_named", function!(create_named, 3))?;
-    native.define_module_function("open_named", function!(open_named, 2))?;
-    native.define_module_function("unlink_named", function!(unlink_named, 1))?;
-    native.define_module_function("segments", function!(segments, 0))?;
-    native.define_module_function("memmap", function!(memmap, 6))?;
-    native.define_module_function("flush", function!(flush, 1))?;
+    // [serial, creator pid, offset] of a shared array or view, or nil.
+    native.define_module_function("location", function!(shared_array::location, 1))?;
+    native.define_module_function("claim_reference", function!(arena::claim_reference, 4))?;
+    native.define_module_function("view_location", function!(view::location, 1))?;
+    native.define_module_function("claim_view", function!(view::claim, 4))?;
+    native.define_module_function("create_named", function!(named::create, 3))?;
+    native.define_module_function("open_named", function!(named::open, 2))?;
+    native.define_module_function("unlink_named", function!(named::unlink, 1))?;
+    native.define_module_function("segments", function!(named::list, 0))?;
+    native.define_module_function("memmap", function!(file_map::memmap, 6))?;
+    native.define_module_function("flush", function!(shared_array::flush, 1))?;
 
     let arena = shared.define_class("Arena", ruby.class_object())?;
-    arena.define_singleton_method("new", function!(arena_new, 0))?;
-    arena.define_method("allocate", method!(arena_allocate, 1))?;
-    arena.define_method("export_block", method!(arena_export_block, 1))?;
-    arena.define_method("export_target", method!(arena_export_target, 2))?;
-    arena.define_method("write_bytes", method!(arena_write_bytes, 1))?;
-    arena.define_method("write_array", method!(arena_write_array, 1))?;
-    arena.define_method("read_bytes", method!(arena_read_bytes, 2))?;
-    arena.define_method("fill", method!(arena_fill, 4))?;
-    arena.define_method("claim", method!(arena_claim, 3))?;
-    arena.define_method("close", method!(arena_close, 0))?;
-    arena.define_method("worker?", method!(arena::Arena::in_worker, 0))?;
-    arena.define_method("owner_pid", method!(arena::Arena::owner_pid, 0))?;
-    arena.define_method("id", method!(arena::Arena::id, 0))?;
+    arena.define_singleton_method("new", function!(Arena::new, 0))?;
+    arena.define_method("allocate", method!(Arena::allocate, 1))?;
+    arena.define_method("export_block", method!(Arena::export_block, 1))?;
+    arena.define_method("export_target", method!(Arena::export_target, 2))?;
+    arena.define_method("write_bytes", method!(Arena::write_bytes, 1))?;
+    arena.define_method("write_array", method!(Arena::write_array, 1))?;
+    arena.define_method("read_bytes", method!(Arena::read_bytes, 2))?;
+    arena.define_method("fill", method!(Arena::fill, 4))?;
+    arena.define_method("claim", method!(Arena::claim, 3))?;
+    arena.define_method("close", method!(Arena::close, 0))?;
+    arena.define_method("worker?", method!(Arena::in_worker, 0))?;
+    arena.define_method("owner_pid", method!(Arena::owner_pid, 0))?;
+    arena.define_method("id", method!(Arena::id, 0))?;
 
     let narray: RClass = numo.const_get("NArray")?;
     narray.define_method("shared?", method!(shared_array::is_shared, 0))?;
     Ok(())
-}
-
-fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value, magnus::Error> {
-    shared_array::create(ruby, klass, shape).map_err(|e| e.into_ruby(ruby))
-}
-
-fn create_named(
-    ruby: &Ruby,
-    klass: RClass,
-    shape: RArray,
-    name: String,
-) -> Result<Value, magnus::Error> {
-    named::create(ruby, klass, shape, name).map_err(|e| e.into_ruby(ruby))
-}
-
-fn open_named(ruby: &Ruby, name: String, readonly: bool) -> Result<Value, magnus::Error> {
-    named::open(ruby, name, readonly).map_err(|e| e.into_ruby(ruby))
-}
-
-fn unlink_named(ruby: &Ruby, name: String) -> Result<(), magnus::Error> {
-    named::unlink(name).map_err(|e| e.into_ruby(ruby))
-}
-
-fn segments(ruby: &Ruby) -> Result<Vec<named::SegmentRow>, magnus::Error> {
-    named::list().map_err(|e| e.into_ruby(ruby))
-}
-
-fn memmap(
-    ruby: &Ruby,
-    klass: RClass,
-    shape: Option<RArray>,
-    path: String,
-    mode: String,
-    offset: u64,
-    prefix: Option<RString>,
-) -> Result<Value, magnus::Error> {
-    file_map::memmap(ruby, klass, shape, path, mode, offset, prefix).map_err(|e| e.into_ruby(ruby))
-}
-
-fn flush(ruby: &Ruby, obj: Value) -> Result<bool, magnus::Error> {
-    shared_array::flush(obj).map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_new(ruby: &Ruby) -> Result<arena::Arena, magnus::Error> {
-    arena::Arena::new().map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_allocate(ruby: &Ruby, rb_self: &arena::Arena, obj: Value) -> Result<bool, magnus::Error> {
-    rb_self.allocate(obj).map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_export_block(
-    ruby: &Ruby,
-    rb_self: &arena::Arena,
-    obj: Value,
-) -> Result<Option<u64>, magnus::Error> {
-    rb_self.export_block(obj).map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_write_bytes(
-    ruby: &Ruby,
-    rb_self: &arena::Arena,
-    bytes: RString,
-) -> Result<u64, magnus::Error> {
-    rb_self.write_bytes(bytes).map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_write_array(
-    ruby: &Ruby,
-    rb_self: &arena::Arena,
-    obj: Value,
-) -> Result<Option<u64>, magnus::Error> {
-    rb_self.write_array(obj).map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_fill(
-    ruby: &Ruby,
-    rb_self: &arena::Arena,
-    obj: Value,
-    shape: RArray,
-    offset: u64,
-    len: usize,
-) -> Result<Value, magnus::Error> {
-    rb_self
-        .fill(obj, shape, offset, len)
-        .map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_read_bytes(
-    ruby: &Ruby,
-    rb_self: &arena::Arena,
-    offset: u64,
-    len: usize,
-) -> Result<RString, magnus::Error> {
-    arena::Arena::read_bytes(ruby, rb_self, offset, len).map_err(|e| e.into_ruby(ruby))
-}
-
-/// `Numo::Shared::Native.location(array)`: `[serial, creator_pid, offset]`
-/// of a shared array or view in its segment, or nil.
-fn location(obj: Value) -> Option<(u64, i32, usize)> {
-    shared_array::location(obj)
-}
-
-fn claim_reference(
-    ruby: &Ruby,
-    obj: Value,
-    shape: RArray,
-    serial: u64,
-    offset: usize,
-) -> Result<Value, magnus::Error> {
-    arena::claim_reference(obj, shape, serial, offset).map_err(|e| e.into_ruby(ruby))
-}
-
-/// `Numo::Shared::Native.view_location(array)`: the geometry of a view of a
-/// shared array (see `view::location`), or nil.
-fn view_location(ruby: &Ruby, obj: Value) -> Option<view::Location> {
-    view::location(ruby, obj)
-}
-
-fn claim_view(
-    ruby: &Ruby,
-    obj: Value,
-    shape: RArray,
-    geometry: view::Geometry,
-    tables: RString,
-) -> Result<Value, magnus::Error> {
-    view::claim(ruby, obj, shape, geometry, tables).map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_export_target(
-    ruby: &Ruby,
-    rb_self: &arena::Arena,
-    klass: RClass,
-    shape: RArray,
-) -> Result<(u64, Value), magnus::Error> {
-    arena::Arena::export_target(ruby, rb_self, klass, shape).map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_claim(
-    ruby: &Ruby,
-    rb_self: &arena::Arena,
-    obj: Value,
-    shape: RArray,
-    offset: u64,
-) -> Result<Value, magnus::Error> {
-    rb_self
-        .claim(obj, shape, offset)
-        .map_err(|e| e.into_ruby(ruby))
-}
-
-fn arena_close(ruby: &Ruby, rb_self: &arena::Arena) -> Result<(), magnus::Error> {
-    rb_self.close().map_err(|e| e.into_ruby(ruby))
 }
 
 /// `Numo::Shared::Native.layout_mismatch(array, shape, element_bytes)`: what
