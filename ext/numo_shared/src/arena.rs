@@ -12,12 +12,12 @@
 //! that the parent maps before forking (so neither side makes a system call
 //! for them). The parent maps each large block as the result's own segment,
 //! which frees its pages when the array is collected, and copies small ones
-//! out into ordinary arrays. Closing the arena frees every range nobody claimed (a worker that
-//! raised or was killed mid-item, temporaries, small results already read)
+//! out into ordinary arrays. Closing the arena frees every range nobody
+//! claimed (a worker that raised or was killed mid-item, temporaries, small
+//! results already read)
 //! and closes the memfd, so nothing outlives the arrays actually returned,
 //! and nothing is ever named in /dev/shm.
 
-use std::borrow::Cow;
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,10 +92,8 @@ impl Open {
         let len = (data.len().max(1) as u64).next_multiple_of(8);
         let cursor = self.small_cursor();
         let start = cursor.fetch_add(len, Ordering::SeqCst);
-        let end = start.checked_add(len).filter(|&e| e <= SMALL_REGION)?;
-        let at = start as usize..start as usize + data.len();
-        debug_assert!(end as usize >= at.end);
-        self.small[at].copy_from_slice(data);
+        start.checked_add(len).filter(|&end| end <= SMALL_REGION)?;
+        self.small[start as usize..][..data.len()].copy_from_slice(data);
         Some(PAGE + start)
     }
 
@@ -155,12 +153,12 @@ impl Open {
         Ok(())
     }
 
-    /// A small result's bytes, from the mapped region or else with `pread`.
-    fn unpack(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+    /// A copy of packed bytes, from the mapped region or else with `pread`.
+    fn unpack(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.check_taken(offset, len as u64)?;
         if offset < BLOCKS_START {
             let start = (offset - PAGE) as usize;
-            return Ok(Cow::Borrowed(&self.small[start..start + len]));
+            return Ok(self.small[start..start + len].to_vec());
         }
         let mut data = vec![0u8; len];
         let read = segment::read_at(&self.fd, &mut data, offset)
@@ -168,7 +166,7 @@ impl Open {
         if read < len {
             return Err(bad_handle(offset));
         }
-        Ok(Cow::Owned(data))
+        Ok(data)
     }
 }
 
@@ -338,7 +336,7 @@ impl Arena {
     /// view's index tables) as a String.
     pub fn read_bytes(ruby: &Ruby, rb_self: &Self, offset: u64, len: usize) -> Result<RString> {
         rb_self.owner_only()?;
-        let data = rb_self.with_open(|open| open.unpack(offset, len).map(|d| d.into_owned()))?;
+        let data = rb_self.with_open(|open| open.unpack(offset, len))?;
         Ok(ruby.str_from_slice(&data))
     }
 
@@ -350,7 +348,7 @@ impl Arena {
         let plan = shared_array::plan_for_object(obj, shape)?;
         // Copied out first: filling allocates, which may run the GC (or
         // raise), and must not happen while the arena is locked.
-        let bytes = self.with_open(|open| open.unpack(offset, len).map(Cow::into_owned))?;
+        let bytes = self.with_open(|open| open.unpack(offset, len))?;
         plan.fill(obj, &bytes)
     }
 
