@@ -172,8 +172,10 @@ RSpec.describe Numo::Parallel do
     it "refuses view geometry that reaches outside the array it looks into" do
       source = Numo::DFloat.new_shared(10).seq
       serial, = Numo::Shared::Native.location(source)
-      claim = lambda do |offset, strides, tables = ""|
-        Numo::Shared::Native.claim_view(Numo::DFloat.allocate, [3], [serial, 0, 80, offset, strides], tables)
+      claim = lambda do |offset, strides, tables = "", mask: nil|
+        mask ||= strides.each_with_index.sum { |stride, dim| stride.nil? ? 1 << dim : 0 } # nil: index tables
+        geometry = [serial, 0, 80, offset, mask, strides.map(&:to_i)]
+        Numo::Shared::Native.claim_view(Numo::DFloat.allocate, [3], geometry, tables)
       end
       outside = "a view returned by reference reaches outside the 80 bytes of the array it looks into"
       expect { claim.call(64, [8]) }.to raise_error(ArgumentError, outside)
@@ -182,6 +184,8 @@ RSpec.describe Numo::Parallel do
       expect { claim.call(0, [nil], [0, 8].pack("J*")) }
         .to raise_error(ArgumentError, "a view's index tables are shorter than its shape")
       expect { claim.call(0, [8, 8]) }.to raise_error(ArgumentError, "a view of 1 dimensions came with 2 strides")
+      expect { claim.call(0, [8], mask: 0b10) }
+        .to raise_error(ArgumentError, "a view of 1 dimensions came with index tables for dimensions it does not have")
       expect(claim.call(16, [-8]).to_a).to eq([2.0, 1.0, 0.0])
     end
 

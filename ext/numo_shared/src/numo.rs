@@ -123,6 +123,14 @@ pub struct TypeInfo {
     pub element_stride: u32,
 }
 
+impl TypeInfo {
+    /// True for `Numo::Bit`, which packs its elements as bits in 32-bit
+    /// words: its sizes, offsets and strides count bits, not bytes.
+    pub fn packs_bits(&self) -> bool {
+        self.element_bits == 1 && self.element_bytes == 0
+    }
+}
+
 /// `NARRAY_DATA_T` and `NARRAY_VIEW_T` from `numo/narray.h`.
 pub const NARRAY_DATA_T: u8 = 1;
 pub const NARRAY_VIEW_T: u8 = 2;
@@ -183,7 +191,7 @@ pub fn data_bytes(info: &TypeInfo, elements: usize) -> Option<usize> {
     if elements == 0 {
         return Some(0);
     }
-    if info.element_bits == 1 && info.element_bytes == 0 {
+    if info.packs_bits() {
         let word = std::mem::size_of::<u32>();
         let words = (elements - 1) / 8 / word + 1;
         return words.checked_mul(word);

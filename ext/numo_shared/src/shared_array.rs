@@ -299,13 +299,14 @@ impl Plan {
         let raw = obj.as_raw();
         let old = self.fresh_struct(raw)?;
         let array = self.build(segment, delta);
-        // SAFETY: old is obj's unallocated struct (checked above); no
-        // allocation (so no GC) between the swap and the free.
+        // SAFETY: old is obj's unallocated struct (checked above).
         unsafe {
-            (*(raw as *mut rb_sys::RTypedData)).type_ = shared_type_for(self.numo_type);
-            numo::set_data_ptr(raw, std::ptr::null_mut());
-            free_shape(&*old);
-            rb_sys::ruby_xfree(old as *mut c_void);
+            swap_struct(
+                raw,
+                shared_type_for(self.numo_type),
+                std::ptr::null_mut(),
+                old,
+            );
             Ok(install(raw, array))
         }
     }
@@ -328,8 +329,7 @@ impl Plan {
         let dims = &self.dims;
         // SAFETY: every buffer comes from ruby_xmalloc, as numo-narray's view
         // free expects; they are all made (allocation may run the GC) before
-        // obj's struct is swapped, and nothing allocates between the swap and
-        // freeing the old struct. base stays on this stack until obj marks it.
+        // obj's struct is swapped. base stays on this stack until obj marks it.
         unsafe {
             let size = std::mem::size_of::<usize>() as size_t;
             let view = rb_sys::ruby_xmalloc(std::mem::size_of::<NArrayView>() as size_t)
@@ -354,10 +354,7 @@ impl Plan {
             if shape.is_null() {
                 (*view).base.shape = &mut (*view).base.size;
             }
-            (*(raw as *mut rb_sys::RTypedData)).type_ = view_type;
-            numo::set_data_ptr(raw, view as *mut c_void);
-            free_shape(&*old);
-            rb_sys::ruby_xfree(old as *mut c_void);
+            swap_struct(raw, view_type, view as *mut c_void, old);
         }
         Ok(obj)
     }
@@ -460,6 +457,25 @@ unsafe fn shape_buffer(dims: &[usize]) -> *mut usize {
         as *mut usize;
     std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
     buf
+}
+
+/// Gives `obj` the data type `ty` and the struct `data`, and frees `old`, the
+/// unallocated Numo struct it had. Nothing allocates (so no GC runs) between
+/// the swap and the free.
+///
+/// # Safety
+/// `old` must be `obj`'s own struct, and `data` a struct `ty`'s free function
+/// frees (or NULL, to be installed next).
+unsafe fn swap_struct(
+    obj: VALUE,
+    ty: *const rb_data_type_t,
+    data: *mut c_void,
+    old: *mut NArrayData,
+) {
+    (*(obj as *mut rb_sys::RTypedData)).type_ = ty;
+    numo::set_data_ptr(obj, data);
+    free_shape(&*old);
+    rb_sys::ruby_xfree(old as *mut c_void);
 }
 
 /// Puts `array` behind `obj`, whose data pointer is NULL and whose type is ours.
@@ -629,7 +645,8 @@ pub fn own_segment<'a>(obj: Value) -> Option<&'a mut Segment> {
 
 /// Where `obj` (a shared array or a view of one) starts in its segment:
 /// `(segment serial, creating pid, byte offset)`. The caller checks that
-/// a view is contiguous.
+/// a view is contiguous. `None` for a view of a `Numo::Bit` array, whose
+/// offset counts bits and so has no byte offset in general.
 pub fn location(obj: Value) -> Option<(u64, i32, usize)> {
     let (raw, ptr) = shared_base(obj)?;
     // SAFETY: ptr is our live struct; a view's struct is read only when
@@ -639,6 +656,10 @@ pub fn location(obj: Value) -> Option<(u64, i32, usize)> {
         let segment = array.segment.as_mut()?;
         let mut offset = array.data.ptr.offset_from(segment.as_mut_ptr()) as usize;
         if raw != obj.as_raw() {
+            let info = (*numo::data_type_of(raw)).data as *const TypeInfo;
+            if (*info).packs_bits() {
+                return None;
+            }
             let view = numo::data_ptr_of(obj.as_raw()) as *const NArrayView;
             offset += (*view).offset;
         }
@@ -665,7 +686,7 @@ pub fn data_bytes_of<'a>(obj: Value) -> Option<&'a [u8]> {
         {
             return None;
         }
-        if (*info).element_bytes == 0 || (*info).element_bits == 1 {
+        if (*info).packs_bits() {
             return None;
         }
         let bytes = numo::data_bytes(&*info, (*na).base.size)?;

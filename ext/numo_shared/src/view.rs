@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use magnus::{prelude::*, rb_sys::AsRawValue, Integer, RArray, RString, Ruby, Value};
+use magnus::{prelude::*, rb_sys::AsRawValue, RArray, RString, Ruby, Value};
 use rb_sys::rb_data_type_t;
 
 use crate::error::{Error, Result};
@@ -16,10 +16,10 @@ use crate::segment::Segment;
 use crate::shared_array::{self, narray_type};
 
 /// What `Numo::Shared::Native.view_location` returns: `[serial, creator pid,
-/// data offset, data bytes, view offset, strides, index tables]`, where a
-/// stride of nil marks a dimension whose offsets are in the index tables
-/// (native `size_t`s, one table after another).
-pub type Location = (u64, i32, usize, usize, usize, RArray, RString);
+/// data offset, data bytes, view offset, index mask, strides, index tables]`.
+/// Bit `d` of the mask marks dimension `d` as one whose offsets are in the
+/// index tables (native `size_t`s, one table after another); its stride is 0.
+pub type Location = (u64, i32, usize, usize, usize, u64, Vec<isize>, RString);
 
 /// numo-narray's `na_data_type_view`, found on first use.
 static VIEW_TYPE: AtomicPtr<rb_data_type_t> = AtomicPtr::new(std::ptr::null_mut());
@@ -28,13 +28,15 @@ static VIEW_TYPE: AtomicPtr<rb_data_type_t> = AtomicPtr::new(std::ptr::null_mut(
 /// `array` if it is a view of a shared array, or nil.
 pub fn location(ruby: &Ruby, obj: Value) -> Option<Location> {
     let view = shared_array::view_of(obj)?;
-    let strides = ruby.ary_new_capa(view.steps.len());
+    let mut mask = 0u64;
+    let mut strides = Vec::with_capacity(view.steps.len());
     let mut tables = Vec::new();
-    for step in &view.steps {
+    for (dim, step) in view.steps.iter().enumerate() {
         match step {
-            Step::Stride(stride) => strides.push(*stride).ok()?,
+            Step::Stride(stride) => strides.push(*stride),
             Step::Index(table) => {
-                strides.push(ruby.qnil()).ok()?;
+                mask |= 1 << dim;
+                strides.push(0);
                 tables.extend(table.iter().flat_map(|i| i.to_ne_bytes()));
             }
         }
@@ -45,14 +47,16 @@ pub fn location(ruby: &Ruby, obj: Value) -> Option<Location> {
         view.data_offset,
         view.data_bytes,
         view.offset,
+        mask,
         strides,
         ruby.str_from_slice(&tables),
     ))
 }
 
 /// Where a view looks, as `claim_view` gets it from a worker's handle:
-/// `[serial, data offset, data bytes, view offset, strides]`.
-pub type Geometry = (u64, usize, usize, usize, RArray);
+/// `[serial, data offset, data bytes, view offset, index mask, strides]`
+/// (see `Location`).
+pub type Geometry = (u64, usize, usize, usize, u64, Vec<isize>);
 
 /// `Numo::Shared::Native.claim_view(array, shape, geometry, tables)` in the
 /// parent: makes `array` (just allocated by `Marshal.load`) a view with that
@@ -65,7 +69,7 @@ pub fn claim(
     geometry: Geometry,
     tables: RString,
 ) -> Result<Value> {
-    let (serial, data_offset, data_bytes, offset, strides) = geometry;
+    let (serial, data_offset, data_bytes, offset, mask, strides) = geometry;
     let plan = shared_array::plan_for_object(obj, shape)?;
     if plan.bytes == 0 {
         return plan.adopt(obj, None, 0);
@@ -89,7 +93,7 @@ pub fn claim(
     };
     // Offsets of the first and last element, in the units above.
     let limit = (elements * unit) as i128;
-    let steps = steps(plan.dims(), strides, tables)?;
+    let steps = steps(plan.dims(), mask, &strides, tables)?;
     let (mut low, mut high) = (offset as i128, offset as i128);
     for (step, &len) in steps.iter().zip(plan.dims()) {
         let (down, up) = step.reach(len);
@@ -108,9 +112,9 @@ pub fn claim(
     plan.adopt_view(obj, view_type(base)?, base, offset, &steps)
 }
 
-/// One `Step` per dimension from the strides (nil: an index dimension)
-/// and the packed index tables.
-fn steps(dims: &[usize], strides: RArray, tables: RString) -> Result<Vec<Step>> {
+/// One `Step` per dimension from the strides, or for the dimensions in
+/// `mask`, from the packed index tables.
+fn steps(dims: &[usize], mask: u64, strides: &[isize], tables: RString) -> Result<Vec<Step>> {
     if strides.len() != dims.len() {
         return Err(Error::Argument(format!(
             "a view of {} dimensions came with {} strides",
@@ -118,12 +122,18 @@ fn steps(dims: &[usize], strides: RArray, tables: RString) -> Result<Vec<Step>> 
             strides.len()
         )));
     }
+    if mask.checked_shr(dims.len() as u32).unwrap_or(0) != 0 {
+        return Err(Error::Argument(format!(
+            "a view of {} dimensions came with index tables for dimensions it does not have",
+            dims.len()
+        )));
+    }
     // SAFETY: the bytes are copied out before any Ruby code runs.
     let packed = unsafe { tables.as_slice() }.to_vec();
     let mut words = packed.chunks_exact(std::mem::size_of::<usize>());
     let mut steps = Vec::with_capacity(dims.len());
-    for (value, &len) in strides.into_iter().zip(dims) {
-        if value.is_nil() {
+    for (dim, (&stride, &len)) in strides.iter().zip(dims).enumerate() {
+        if mask & (1 << dim) != 0 {
             let table: Option<Vec<usize>> = (0..len)
                 .map(|_| {
                     words
@@ -135,17 +145,11 @@ fn steps(dims: &[usize], strides: RArray, tables: RString) -> Result<Vec<Step>> 
                 Error::Argument("a view's index tables are shorter than its shape".into())
             })?;
             steps.push(Step::Index(table));
+        } else if stride.unsigned_abs() > isize::MAX as usize >> 1 {
+            return Err(Error::Argument(format!(
+                "a view's stride {stride} is out of range"
+            )));
         } else {
-            let stride = Integer::from_value(value)
-                .and_then(|i| i.to_i64().ok())
-                .and_then(|i| isize::try_from(i).ok())
-                .filter(|&s| s.unsigned_abs() <= isize::MAX as usize >> 1)
-                .ok_or_else(|| {
-                    Error::Argument(format!(
-                        "a view's stride {} is out of range",
-                        value.inspect()
-                    ))
-                })?;
             steps.push(Step::Stride(stride));
         }
     }

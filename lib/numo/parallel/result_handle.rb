@@ -75,11 +75,9 @@ module Numo
       end
 
       # [serial, offset] of a shared array, or a contiguous view of one, that
-      # the parent mapped before the fork: the parent maps it again. (A Bit
-      # view's offset counts bits, so Bit views go as views.)
+      # the parent mapped before the fork: the parent maps it again. (Bit
+      # views have no byte offset and go as views.)
       def reference_to(array, arena)
-        return if array.is_a?(Numo::Bit) && Numo::Shared::Native.view_location(array)
-
         serial, creator, offset = Numo::Shared::Native.location(array)
         return unless serial && creator == arena.owner_pid && array.contiguous?
 
@@ -91,20 +89,18 @@ module Numo
       # parent mapped before the fork, with its index tables (if any) packed
       # in the arena; or nil.
       def view_of(array, arena)
-        serial, creator, data_offset, data_bytes, offset, strides, tables =
-          Numo::Shared::Native.view_location(array)
+        serial, creator, *geometry, strides, tables = Numo::Shared::Native.view_location(array)
         return unless serial && creator == arena.owner_pid
 
-        mask = strides.each_with_index.sum { |stride, dim| stride.nil? ? 1 << dim : 0 }
         tables_at = tables.empty? ? 0 : arena.write_bytes(tables)
-        [serial, data_offset, data_bytes, offset, mask, *strides.map(&:to_i), tables_at, tables.bytesize]
+        [serial, *geometry, *strides, tables_at, tables.bytesize]
       end
 
       def load_view(array, shape, arena, where)
-        serial, data_offset, data_bytes, offset, mask, *strides, tables_at, tables_size = where
-        strides = strides.each_with_index.map { |stride, dim| stride unless mask[dim] == 1 }
+        *geometry, tables_at, tables_size = where
+        strides = geometry.pop(shape.size)
         tables = tables_size.zero? ? "" : arena.read_bytes(tables_at, tables_size)
-        Numo::Shared::Native.claim_view(array, shape, [serial, data_offset, data_bytes, offset, strides], tables)
+        Numo::Shared::Native.claim_view(array, shape, [*geometry, strides], tables)
       end
 
       def copy(array, arena)
