@@ -1,73 +1,144 @@
 # frozen_string_literal: true
 
-# Numo::Parallel against the parallel gem, with 2 worker processes:
-#   (a) 64 results of UInt8[210,160,3] (Atari-sized frames)
-#   (b) 16 results of DFloat[1000,1000]
-#   (c) 10,000 results of DFloat[16]
-# for Parallel.map (Marshal through pipes), Numo::Parallel.map,
-# Numo::Parallel.stack, and a baseline whose workers compute the same arrays
-# and return nothing. Wall time is the median of RUNS runs of the call alone;
-# peak RSS is the parent's high-water mark (VmHWM, reset before each method)
-# above its RSS before the runs, after the parent has read every result.
+# Numo::Parallel against the parallel gem, with 2 worker processes, on what
+# worker code really does:
+#   (a) 64 x UInt8[210,160,3] frames (Atari-sized)
+#   (b) 16 x DFloat[1000,1000], also with Numo::Parallel.stack
+#   (c) 10,000 x DFloat[16]
+#   (d) 16 items computed through temporaries: x = rand; y = sqrt(x*2+1);
+#       w = y - y.mean; (w*w)/3, all DFloat[1000,1000]
+#   (e) the same work, the block returns nil
+#   (f) an image pipeline: 200 UInt8[210,160,3] frames computed through DFloat
+#       math, each returned in a Hash with a grey image and a score
+# Every variant runs the same block: Parallel.map (Marshal through pipes),
+# Numo::Parallel.map, and the baseline, the plain gem's Parallel.each whose
+# workers compute the same values and return nothing. The cases and variants
+# are interleaved in one process (RUNS rounds, each running every variant of
+# every case once, in a rotating order), so that a slow moment of this noisy
+# machine hits all of them alike. Wall time is the median over the rounds of
+# the call alone; peak RSS is the parent's high-water mark (VmHWM, reset before
+# each call) above its RSS before the call, after it has read every result.
 #
 #   bundle exec rake bench:parallel          (RUNS=7 by default)
 
+require "json"
 require "numo/shared"
 require_relative "support"
 
 WORKERS = 2
-SCENARIOS = {
-  "(a) 64 x UInt8[210,160,3]" => [64, Numo::UInt8, [210, 160, 3]],
-  "(b) 16 x DFloat[1000,1000]" => [16, Numo::DFloat, [1000, 1000]],
-  "(c) 10,000 x DFloat[16]" => [10_000, Numo::DFloat, [16]]
-}.freeze
 
-def compute(type, shape, index)
-  type.new(*shape).seq(index)
+# One case: how many items, how to compute item i, and the variants to run.
+Case = Struct.new(:key, :title, :items, :compute, :stack, keyword_init: true)
+
+def frame(index)
+  Numo::UInt8.new(210, 160, 3).seq(index)
 end
 
-def methods_for(count, type, shape)
+def temporaries(index)
+  Numo::NArray.srand(index)
+  x = Numo::DFloat.new(1000, 1000).rand
+  y = Numo::NMath.sqrt((x * 2) + 1)
+  w = y - y.mean
+  (w * w) / 3
+end
+
+def image_pipeline(index)
+  Numo::NArray.srand(index)
+  raw = Numo::DFloat.new(210, 160, 3).rand(255)
+  img = ((raw * 0.8) + 20).clip(0, 255)
+  grey = img.mean(axis: 2)
+  { frame: Numo::UInt8.cast(img), grey: Numo::SFloat.cast(grey), score: grey.mean }
+end
+
+CASES = [
+  Case.new(key: "a", title: "(a) 64 x UInt8[210,160,3]", items: 64, compute: method(:frame)),
+  Case.new(key: "b", title: "(b) 16 x DFloat[1000,1000]", items: 16,
+           compute: ->(i) { Numo::DFloat.new(1000, 1000).seq(i) }, stack: [Numo::DFloat, [1000, 1000]]),
+  Case.new(key: "c", title: "(c) 10,000 x DFloat[16]", items: 10_000, compute: ->(i) { Numo::DFloat.new(16).seq(i) }),
+  Case.new(key: "d", title: "(d) 16 x temporaries, DFloat[1000,1000] result", items: 16,
+           compute: method(:temporaries)),
+  Case.new(key: "e", title: "(e) 16 x temporaries, block returns nil", items: 16,
+           compute: ->(i) { temporaries(i) && nil }),
+  Case.new(key: "f", title: "(f) 200 x image pipeline, results in Hashes", items: 200,
+           compute: method(:image_pipeline))
+].freeze
+
+def variants(kase)
   opts = { in_processes: WORKERS }
-  {
-    "Parallel.map (Marshal)" => -> { Parallel.map(0...count, opts) { |i| compute(type, shape, i) } },
-    "Numo::Parallel.map" => -> { Numo::Parallel.map(0...count, opts) { |i| compute(type, shape, i) } },
-    "Numo::Parallel.stack" => lambda {
-      Numo::Parallel.stack(0...count, type:, shape:, **opts) { |i| compute(type, shape, i) }
-    },
-    "no transfer (baseline)" => -> { Parallel.each(0...count, opts) { |i| compute(type, shape, i) && nil } }
+  items = 0...kase.items
+  compute = kase.compute
+  calls = {
+    "Parallel.map" => -> { Parallel.map(items, opts) { |i| compute.call(i) } },
+    "Numo::Parallel.map" => -> { Numo::Parallel.map(items, opts) { |i| compute.call(i) } },
+    "baseline" => -> { Parallel.each(items, opts) { |i| compute.call(i) && nil } && nil }
   }
+  if kase.stack
+    type, shape = kase.stack
+    calls["Numo::Parallel.stack"] = -> { Numo::Parallel.stack(items, type:, shape:, **opts) { |i| compute.call(i) } }
+  end
+  calls
 end
 
-# Sum of every element of what a method returned (reads every result).
-def checksum(result)
-  return 0.0 unless result.is_a?(Array) || result.is_a?(Numo::NArray)
-  return result.sum.to_f if result.is_a?(Numo::NArray)
+# A number that depends on every value a variant returned (reads them all).
+def checksum(value)
+  case value
+  when Numo::NArray then value.sum.to_f
+  when Array then value.sum { |v| checksum(v) }
+  when Hash then value.values.sum { |v| checksum(v) }
+  when Numeric then value.to_f
+  else 0.0
+  end
+end
 
-  result.sum { |a| a.sum.to_f }
+def measure(call)
+  GC.start
+  rss_before = Bench.rss
+  Bench.reset_peak_rss
+  t0 = Bench.now
+  result = call.call
+  elapsed = Bench.now - t0
+  sum = checksum(result)
+  [elapsed, Bench.peak_rss - rss_before, sum]
 end
 
 runs = Integer(ENV.fetch("RUNS", 7))
-puts "#{WORKERS} worker processes, median of #{runs} runs; peak RSS = parent's VmHWM above its RSS before the runs"
-SCENARIOS.each do |title, (count, type, shape)|
-  rows = methods_for(count, type, shape).map do |name, call|
-    GC.start
-    Bench.reset_peak_rss
-    rss_before = Bench.rss
-    time = Bench.median_time(runs:) { call.call && nil }
-    sum = checksum(call.call)
-    [name, time, Bench.peak_rss - rss_before, sum]
+only = ENV["CASES"]&.chars
+cases = CASES.select { |c| only.nil? || only.include?(c.key) }
+samples = Hash.new { |h, k| h[k] = [] }
+sums = Hash.new { |h, k| h[k] = [] }
+all = cases.flat_map { |c| variants(c).map { |name, call| [c, name, call] } }
+all.each { |_, _, call| call.call } # warm-up: every code path once
+runs.times do |round|
+  all.rotate(round).each_with_index do |(kase, name, call), i|
+    Bench.progress("round #{round + 1}/#{runs}, #{i + 1}/#{all.size}: #{kase.title} #{name}")
+    time, peak, sum = measure(call)
+    samples[[kase.key, name]] << [time, peak]
+    sums[kase.key] << sum unless name == "baseline"
   end
-  sums = rows.map(&:last).reject(&:zero?).uniq
-  abort "#{title}: the methods returned different data (#{sums.inspect})" if sums.size > 1
+end
+Bench.progress_done
 
-  marshal = rows[0][1]
-  baseline = rows[3][1]
+puts "#{WORKERS} worker processes; median of #{runs} interleaved rounds; " \
+     "peak RSS = parent's VmHWM above its RSS before the call, after reading every result"
+report = cases.map do |kase|
+  distinct = sums[kase.key].map { |s| s.round(6) }.uniq
+  abort "#{kase.title}: the variants returned different data (#{distinct.inspect})" if distinct.size > 1
+
+  medians = variants(kase).keys.to_h do |name|
+    times, peaks = samples[[kase.key, name]].transpose
+    [name, { time: Bench.median(times), peak: Bench.median(peaks), times: }]
+  end
+  gem = medians["Parallel.map"][:time]
+  base = medians["baseline"][:time]
   puts
-  puts "#{title}: #{Bench.format_bytes(count * type.new(*shape).byte_size)} of results"
+  puts kase.title
   Bench.table(
-    ["method", "wall time", "speed-up vs Parallel.map", "vs baseline", "parent peak RSS"],
-    rows.map do |name, time, peak, _|
-      [name, Bench.format_time(time), Bench.ratio(marshal, time), Bench.ratio(time, baseline), Bench.format_bytes(peak)]
+    ["variant", "wall time", "vs Parallel.map", "vs baseline", "parent peak RSS", "range of times"],
+    medians.map do |name, m|
+      [name, Bench.format_time(m[:time]), Bench.ratio(m[:time], gem), Bench.ratio(m[:time], base),
+       Bench.format_bytes(m[:peak]), "#{Bench.format_time(m[:times].min)} .. #{Bench.format_time(m[:times].max)}"]
     end
   )
+  { case: kase.title, variants: medians.transform_values { |m| { time_s: m[:time], peak_rss_bytes: m[:peak] } } }
 end
+Bench.write_results("parallel", report)

@@ -2,6 +2,9 @@
 
 # Shared helpers for the benchmarks: timing medians and printing tables.
 # Benchmarks print; they assert nothing.
+require "fileutils"
+require "json"
+
 module Bench
   module_function
 
@@ -22,6 +25,31 @@ module Bench
       iterations.is_a?(Integer) && iterations.positive? ? elapsed / iterations : elapsed
     end
     times.sort[times.size / 2]
+  end
+
+  def median(values)
+    sorted = values.sort
+    mid = sorted.size / 2
+    sorted.size.odd? ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2.0
+  end
+
+  # Shows +message+ on one line of stderr, overwriting the previous one.
+  def progress(message)
+    $stderr.print("\r\e[K#{message}") if $stderr.tty?
+  end
+
+  def progress_done
+    $stderr.print("\r\e[K") if $stderr.tty?
+  end
+
+  # Writes +data+ as JSON to tmp/bench/<name>.json (for charts and notes).
+  def write_results(name, data)
+    dir = File.expand_path("../tmp/bench", __dir__)
+    FileUtils.mkdir_p(dir)
+    path = File.join(dir, "#{name}.json")
+    File.write(path, JSON.pretty_generate(data))
+    puts
+    puts "results written to #{path}"
   end
 
   def format_time(seconds)

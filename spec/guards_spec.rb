@@ -13,15 +13,24 @@ RSpec.describe "Numo methods that would free or replace shared memory" do
       expect(Numo::Shared.mapped_bytes(a)).to eq(0)
     end
 
-    it "makes later reads and writes raise instead of crashing or detaching" do
+    it "makes later reads and writes raise, saying the array was freed, instead of crashing or detaching" do
       a = Numo::DFloat.new_shared(10).seq
       view = a[2..4]
       a.free
-      expect { a.sum }.to raise_error(RuntimeError, "cannot read unallocated NArray")
-      expect { a[0] = 1 }.to raise_error(RuntimeError, "cannot write to frozen NArray.")
+      freed = "this shared Numo::DFloat was freed (NArray#free): it has no data any more"
+      expect { a.sum }.to raise_error(RuntimeError, freed)
+      expect { a.to_a }.to raise_error(RuntimeError, freed)
+      expect { a[0] = 1 }.to raise_error(RuntimeError, freed)
+      expect { a.allocate }.to raise_error(FrozenError, "cannot allocate memory for a freed shared array")
+      expect { Numo::DFloat.new(10).seq.store(a) }.to raise_error(RuntimeError)
+      expect(a.inspect).to eq("#<Numo::DFloat [10] (freed shared array)>")
+      expect(a.shape).to eq([10])
+      # Views made before keep Numo's own refusals.
       expect { view.to_a }.to raise_error(RuntimeError, "cannot read/write unallocated NArray")
       expect { view[0] = 1 }.to raise_error(RuntimeError, "cannot write to frozen NArray.")
-      expect(a).to be_shared
+      expect(a).not_to be_shared
+      expect(view).not_to be_shared
+      expect(a.free).to equal(a) # again: nothing more to do
     end
 
     it "does not affect other processes" do

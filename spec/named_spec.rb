@@ -130,7 +130,8 @@ RSpec.describe "named shared arrays" do
     end
     expect(result).to be_a(Errno::EFBIG)
     expect(result.message)
-      .to eq("File too large - reserving 8.0 MiB (8388736 bytes) of shared memory (/dev/shm/#{name})")
+      .to eq("File too large - reserving 8.0 MiB (8388736 bytes) of shared memory (/dev/shm/#{name}): " \
+             "larger than this process's file size limit (ulimit -f) of 1.0 MiB (1048576 bytes)")
     expect(File.exist?("/dev/shm/#{name}")).to be(false)
   end
 

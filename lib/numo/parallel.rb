@@ -2,7 +2,6 @@
 
 require "parallel"
 require_relative "shared"
-require_relative "parallel/result_handle"
 
 module Numo
   # A drop-in for the parallel gem (same methods, arguments, options and
@@ -17,8 +16,9 @@ module Numo
     # The iteration methods of the parallel gem that take a block per item.
     ITERATION_METHODS = %i[map each map_with_index each_with_index flat_map filter_map any? all?].freeze
 
-    @arenas = {}
-    @arenas_lock = Mutex.new
+    # Methods whose block values the gem does not send back (unless a
+    # +finish+ hook needs them).
+    WITHOUT_RESULTS = %i[each each_with_index any? all?].freeze
 
     class << self
       ITERATION_METHODS.each do |name|
@@ -29,7 +29,9 @@ module Numo
         #   @example
         #     Numo::Parallel.map([1, 2], in_processes: 2) { |n| Numo::DFloat.new(n).seq } # => [DFloat[0], DFloat[0, 1]]
         define_method(name) do |*args, &block|
-          through_shared_memory(block) { |worker_block| ::Parallel.public_send(name, *args, &worker_block) }
+          through_shared_memory(block, returns_results?(name, args[1])) do |worker_block|
+            ::Parallel.public_send(name, *args, &worker_block)
+          end
         end
       end
 
@@ -70,6 +72,8 @@ module Numo
       def stack(source, type:, shape:, **options, &block)
         raise ArgumentError, "stack needs a block" unless block
 
+        check_stack_type(type)
+
         items = source.respond_to?(:to_ary) ? source.to_ary : source.to_a
         out = type.new_shared(items.size, *shape)
         row_shape = Array(shape)
@@ -80,52 +84,56 @@ module Numo
         out
       end
 
-      # The arena whose handles this process's NArray#marshal_dump writes
-      # (set only in a worker, between an item's end and its result's dump).
-      # @!visibility private
-      attr_accessor :exporting_to
-
-      # The arena that NArray#allocate takes memory from (set only in a
-      # worker process, while it runs items).
-      # @!visibility private
-      attr_accessor :worker_arena
-
-      # The open arena named +id+ in this process, or nil.
-      # @!visibility private
-      def arena(id)
-        @arenas[id] # a single Hash read; additions and removals hold the lock
-      end
-
       private
 
-      # Whether the parallel gem forks is its own decision (in_threads,
-      # in_processes: 0 or nil, fewer items than workers, ...): the arena is
-      # made either way, and only a block running in another process exports.
-      def through_shared_memory(block)
+      # Whether the parallel gem sends the block's values back for method
+      # +name+ with +options+ (its own rule: unless told to discard them,
+      # and always when a +finish+ hook needs them).
+      def returns_results?(name, options)
+        options = {} unless options.is_a?(Hash)
+        return true if options[:finish]
+        return false if WITHOUT_RESULTS.include?(name)
+
+        options[:preserve_results] != false && !options[:discard_results]
+      end
+
+      # Runs the gem with a block that, in worker processes, computes large
+      # arrays in shared memory and hands its results' NArrays over. Whether
+      # the gem forks is its own decision (in_threads, in_processes: 0, ...):
+      # the arena is made either way, and the block sees where it runs.
+      def through_shared_memory(block, returns)
         return yield(block) unless block
 
         arena = Numo::Shared::Arena.new
-        @arenas_lock.synchronize { @arenas[arena.id] = arena }
         begin
-          yield(worker_block(arena, block))
+          yield(worker_block(arena, block, returns))
         ensure
-          @arenas_lock.synchronize { @arenas.delete(arena.id) }
           arena.close
         end
       end
 
-      def worker_block(arena, block)
+      def worker_block(arena, block, returns)
         lambda do |*item|
-          worker = arena.worker?
-          Numo::Parallel.exporting_to = nil
-          Numo::Parallel.worker_arena = (arena if worker)
-          begin
-            block.call(*item)
-          ensure
-            # What the gem marshals next is this item's result (or error).
-            Numo::Parallel.exporting_to = arena if worker
+          case arena.enter_worker
+          when 0 then return block.call(*item) # the parent itself: threads, or no workers
+          when 2 then install_worker_allocation
           end
+          result = block.call(*item)
+          arena.expect_exports(result) if returns
+          result
         end
+      end
+
+      # In a worker process, once: large arrays get their memory from the
+      # worker's pool of shared memory from now on.
+      def install_worker_allocation
+        Numo::Shared::CLASSES.each { |klass| klass.prepend(Numo::Shared::WorkerAllocation) }
+      end
+
+      def check_stack_type(type)
+        return if type.is_a?(Class) && type < Numo::NArray
+
+        raise TypeError, "type: must be a numeric Numo class such as Numo::DFloat, got #{type.inspect}"
       end
 
       def stack_row(value, type, shape, item, index)

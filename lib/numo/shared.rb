@@ -29,13 +29,13 @@ module Numo
       Numo::UInt8, Numo::UInt16, Numo::UInt32, Numo::UInt64,
       Numo::SFloat, Numo::DFloat, Numo::SComplex, Numo::DComplex
     ].freeze
-    CLASSES.each { |klass| klass.prepend(Numo::NArray::ArenaAllocation) }
 
     # Bytes of shared memory mapped in this process for +array+ (or for the
     # array that +array+ is a view of); 0 for ordinary arrays.
     #
     # @param array [Numo::NArray]
     # @return [Integer]
+    # @raise [TypeError] when +array+ is not a Numo::NArray
     # @example
     #   Numo::Shared.mapped_bytes(Numo::DFloat.new_shared(1000)) # => 8000
     def self.mapped_bytes(array)

@@ -20,9 +20,15 @@ module ResourceHelpers
     mapping_sizes("memfd:numo-shared").size
   end
 
-  # Bytes mapped from Numo::Parallel's results arenas in this process.
+  # Bytes mapped in this process of memory that Numo::Parallel workers
+  # allocated (results handed over, and a worker's own pool).
   def results_mapped_bytes
-    mapping_sizes("memfd:numo-shared-results").sum
+    mapping_sizes("memfd:numo-shared-worker").sum
+  end
+
+  # Bytes mapped of Numo::Parallel's regions for small results.
+  def region_mapped_bytes
+    mapping_sizes("memfd:numo-shared-region").sum
   end
 
   # Bytes mapped from this gem's anonymous segments (new_shared arrays and
@@ -34,8 +40,8 @@ module ResourceHelpers
   # Everything a Numo::Parallel call could leave behind in this process.
   def residue
     full_gc
-    { results: results_mapped_bytes, segments: segment_mapped_bytes, fds: fd_count,
-      shm: Dir.children("/dev/shm").sort }
+    { results: results_mapped_bytes, regions: region_mapped_bytes, segments: segment_mapped_bytes,
+      fds: fd_count, receivers: receiver_thread_count, shm: Dir.children("/dev/shm").sort }
   end
 
   # Mappings of files (memfds, /dev/shm and disk files included); leaves out
@@ -43,6 +49,16 @@ module ResourceHelpers
   # own. Everything this gem maps is a file.
   def file_mapping_count
     File.foreach("/proc/self/maps").count { |line| line.split(" ", 6)[5].to_s.start_with?("/") }
+  end
+
+  # Threads of this process that receive Numo::Parallel results (named
+  # numo-shared-results, which the kernel cuts to 15 characters).
+  def receiver_thread_count
+    Dir.children("/proc/self/task").count do |task|
+      File.read("/proc/self/task/#{task}/comm").start_with?("numo-shared-res")
+    rescue Errno::ENOENT
+      false
+    end
   end
 
   # Open file descriptors of this process.

@@ -1,452 +1,477 @@
-//! `Arena`: where workers of `Numo::Parallel` put the arrays they return.
+//! `Arena`: what one `Numo::Parallel` call shares between the parent and the
+//! workers it forks, and how the parent turns handles back into arrays.
 //!
-//! The parent makes an arena before forking: an anonymous memfd, sized
-//! sparsely far beyond any real use (no page is used until written), whose
-//! first page holds an atomic cursor. Workers take ranges by advancing the
-//! cursor. Inside a worker, Numo arrays of at least `OWN_MAPPING_BYTES` get
-//! their memory from the arena as they are allocated (reserved with
-//! `posix_fallocate`, so a full memory raises in the worker instead of
-//! SIGBUS); returning one sends the parent only its offset and shape, and the
-//! worker keeps a private copy-on-write view of it. Other arrays are copied
-//! in: large ones to a block of their own, small ones packed into a region
-//! that the parent maps before forking (so neither side makes a system call
-//! for them). The parent maps each large block as the result's own segment,
-//! which frees its pages when the array is collected, and copies small ones
-//! out into ordinary arrays. Closing the arena frees every range nobody
-//! claimed (a worker that raised or was killed mid-item, temporaries, small
-//! results already read)
-//! and closes the memfd, so nothing outlives the arrays actually returned,
-//! and nothing is ever named in /dev/shm.
+//! The parent makes an arena before forking: a random token (handles must
+//! carry it), a `Region` for small results, and a socket pair over which
+//! workers send the memfd of each large result (`SCM_RIGHTS`). A thread of
+//! the parent receives them as they come and maps each one, so that a worker
+//! never waits for the parent to read its pipe; when a handle names a block,
+//! the parent takes that mapping as the result's own memory. The kernel frees
+//! a result's pages when the last mapping of them, in any process, is gone.
+//! Closing the arena (when the call returns or raises) unmaps whatever
+//! arrived and was not claimed, and closes the socket and the region.
 
-use std::ffi::CStr;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use magnus::{RArray, RClass, RString, Ruby, Value};
-use memmap2::{MmapMut, MmapOptions};
+use magnus::{rb_sys::AsRawValue, RString, Value};
 use nix::errno::Errno;
-use nix::fcntl::{fallocate, FallocateFlags};
-use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+use nix::sys::socket::{
+    recvmsg, sendmsg, shutdown, socketpair, AddressFamily, ControlMessage, ControlMessageOwned,
+    MsgFlags, Shutdown, SockFlag, SockType,
+};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
+use crate::handle::{Handle, Place};
 use crate::pid;
-use crate::segment::{self, io_error, Access, ArenaBlock, Segment};
-use crate::shared_array;
+use crate::region::Region;
+use crate::segment::{self, human_bytes, Access, Segment};
+use crate::shared_array::Plan;
+use crate::view;
 
-const PAGE: u64 = 4096;
-
-/// Arrays of at least this many bytes get a mapping of their own; smaller
-/// ones are packed and copied out by the parent.
-pub const OWN_MAPPING_BYTES: usize = 64 * 1024;
-
-/// The arena's sparse size: 16 TiB of offsets, of which only the pages in
-/// use at any time take memory.
-const CAPACITY: u64 = 1 << 44;
-
-/// Small results are packed in `PAGE..PAGE + SMALL_REGION`, mapped (not
-/// populated) by the parent before forking; blocks come after it. When the
-/// region is full, small results are written to blocks with `pwrite`.
-const SMALL_REGION: u64 = 1 << 30;
-const BLOCKS_START: u64 = PAGE + SMALL_REGION;
-
-static NEXT_ARENA: AtomicU64 = AtomicU64::new(1);
+/// How long the parent waits for the memory of a result whose handle it
+/// has read (the worker sent it before writing the handle).
+const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[magnus::wrap(class = "Numo::Shared::Arena", free_immediately, size)]
 pub struct Arena {
-    state: Mutex<Option<Open>>,
-    owner: Pid,
-    id: u64,
+    shared: Arc<Shared>,
 }
 
-struct Open {
-    fd: OwnedFd,
-    /// The first page: the block cursor, then the small-region cursor.
-    header: MmapMut,
-    /// The small-result region, mapped in the parent and inherited by workers.
-    small: MmapMut,
-    /// Blocks handed to the parent's arrays: (offset, length).
-    claimed: Vec<(u64, u64)>,
+/// The arena's state, shared by the Ruby object, the registry of open
+/// arenas, the receiving thread and (through fork) the workers.
+pub struct Shared {
+    pub token: u64,
+    pub owner: Pid,
+    pub region: Option<Region>,
+    receiver: RawFd,
+    sender: RawFd,
+    inbox: Mutex<Inbox>,
+    arrived: Condvar,
+    receiving: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Open {
-    /// The cursor of the blocks.
-    fn cursor(&self) -> &AtomicU64 {
-        self.header_word(0)
-    }
+#[derive(Default)]
+struct Inbox {
+    blocks: HashMap<u64, Arrival>,
+    closed: bool,
+}
 
-    /// The cursor of the small-result region.
-    fn small_cursor(&self) -> &AtomicU64 {
-        self.header_word(1)
-    }
+/// A result's memory as it arrived: mapped, or why it could not be (an
+/// errno, if a system call failed, and what was being done).
+enum Arrival {
+    Mapped { addr: usize, len: usize },
+    Failed(Option<Errno>, String),
+}
 
-    fn header_word(&self, index: usize) -> &AtomicU64 {
-        // SAFETY: the header page is mapped for the arena's life; its first
-        // words are the cursors, 8-byte aligned.
-        unsafe { &*(self.header.as_ptr() as *const AtomicU64).add(index) }
-    }
-
-    /// Packs `data` into the small region; `None` when it does not fit.
-    fn pack_small(&mut self, data: &[u8]) -> Option<u64> {
-        let len = (data.len().max(1) as u64).next_multiple_of(8);
-        let cursor = self.small_cursor();
-        let start = cursor.fetch_add(len, Ordering::SeqCst);
-        start.checked_add(len).filter(|&end| end <= SMALL_REGION)?;
-        self.small[start as usize..][..data.len()].copy_from_slice(data);
-        Some(PAGE + start)
-    }
-
-    /// Takes `len` bytes at an offset aligned to `align` (a power of two).
-    fn take(&self, len: u64, align: u64, bytes: usize) -> Result<u64> {
-        let full = || {
-            Error::os(
-                Errno::ENOMEM,
-                format!(
-                    "returning {} through shared memory: the results arena is full",
-                    segment::human_bytes(bytes)
-                ),
-            )
-        };
-        let cursor = self.cursor();
-        let mut current = cursor.load(Ordering::SeqCst);
-        loop {
-            let start = current.checked_add(align - 1).ok_or_else(full)? & !(align - 1);
-            let end = start
-                .checked_add(len)
-                .filter(|&e| e <= CAPACITY)
-                .ok_or_else(full)?;
-            match cursor.compare_exchange_weak(current, end, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return Ok(start),
-                Err(now) => current = now,
-            }
+impl Arrival {
+    fn into_result(self) -> Result<(usize, usize)> {
+        match self {
+            Arrival::Mapped { addr, len } => Ok((addr, len)),
+            Arrival::Failed(Some(errno), context) => Err(Error::os(errno, context)),
+            Arrival::Failed(None, message) => Err(Error::Argument(message)),
         }
     }
 
-    /// A reserved block of its own for `bytes` bytes, mapped here with every
-    /// page in place (it is about to be written whole).
-    fn block(&self, id: u64, bytes: usize) -> Result<Segment> {
-        let len = round_up(bytes as u64);
-        let offset = self.take(len, PAGE, bytes)?;
-        segment::allocate_range(&self.fd, offset, len, bytes, "results arena")?;
-        let seg = Segment::map_fd(
-            &self.fd,
-            offset,
-            bytes,
-            "shared memory (results arena)",
-            Access::SharedPopulated,
-        )?;
-        Ok(seg.in_arena(ArenaBlock { arena: id, offset }))
-    }
-
-    /// Checks that `offset..offset + len` lies in what workers have taken.
-    fn check_taken(&self, offset: u64, len: u64) -> Result<()> {
-        let end = offset.checked_add(len).ok_or_else(|| bad_handle(offset))?;
-        let taken_up_to = if offset < BLOCKS_START {
-            PAGE + self.small_cursor().load(Ordering::SeqCst).min(SMALL_REGION)
-        } else {
-            self.cursor().load(Ordering::SeqCst)
-        };
-        if offset < PAGE || end > taken_up_to {
-            return Err(bad_handle(offset));
+    fn from_error(err: Error) -> Arrival {
+        match err {
+            Error::Os { errno, context } => Arrival::Failed(Some(errno), context),
+            other => Arrival::Failed(None, format!("{other:?}")),
         }
-        Ok(())
-    }
-
-    /// A copy of packed bytes, from the mapped region or else with `pread`.
-    fn unpack(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.check_taken(offset, len as u64)?;
-        if offset < BLOCKS_START {
-            let start = (offset - PAGE) as usize;
-            return Ok(self.small[start..start + len].to_vec());
-        }
-        let mut data = vec![0u8; len];
-        let read = segment::read_at(&self.fd, &mut data, offset)
-            .map_err(|e| Error::os(e, "reading a result (results arena)"))?;
-        if read < len {
-            return Err(bad_handle(offset));
-        }
-        Ok(data)
     }
 }
 
-fn closed() -> Error {
-    Error::Argument("this arena is closed".into())
-}
+/// The open arenas of this process, by token.
+static OPEN: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
 
-fn round_up(len: u64) -> u64 {
-    len.div_ceil(PAGE) * PAGE
+fn open_arenas() -> MutexGuard<'static, Vec<Arc<Shared>>> {
+    OPEN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Arena {
     /// `Numo::Shared::Arena.new`.
     pub fn new() -> Result<Arena> {
-        let name: &CStr = c"numo-shared-results";
-        let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
-            .map_err(|e| Error::os(e, "memfd_create for parallel results"))?;
-        let size = libc::off_t::try_from(CAPACITY)
-            .map_err(|_| Error::os(Errno::EFBIG, "sizing the results arena"))?;
-        nix::unistd::ftruncate(&fd, size).map_err(|e| Error::os(e, "sizing the results arena"))?;
-        // SAFETY: shared mappings of our own memfd's first page and of the
-        // small region after it (no page is touched until used).
-        let (header, small) = unsafe {
-            (
-                MmapOptions::new()
-                    .len(PAGE as usize)
-                    .map_mut(fd.as_raw_fd()),
-                MmapOptions::new()
-                    .offset(PAGE)
-                    .len(SMALL_REGION as usize)
-                    .map_mut(fd.as_raw_fd()),
-            )
-        };
-        let header = header.map_err(|e| io_error(e, "mapping the results arena"))?;
-        let small = small.map_err(|e| io_error(e, "mapping the results arena"))?;
-        let open = Open {
-            fd,
-            header,
-            small,
-            claimed: Vec::new(),
-        };
-        open.cursor().store(BLOCKS_START, Ordering::SeqCst);
-        let owner = pid::current();
-        // Small (a Fixnum in marshal data, which keeps handles short); only
-        // the owner loads handles, so ids need to differ within a process.
-        let id = NEXT_ARENA.fetch_add(1, Ordering::Relaxed) % (1 << 30);
-        Ok(Arena {
-            state: Mutex::new(Some(open)),
-            owner,
-            id,
-        })
-    }
-
-    fn with_open<T>(&self, f: impl FnOnce(&mut Open) -> Result<T>) -> Result<T> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.as_mut() {
-            Some(open) => f(open),
-            None => Err(closed()),
-        }
-    }
-
-    /// `arena.worker?`: whether this process is not the one that made it.
-    pub fn in_worker(&self) -> bool {
-        pid::current() != self.owner
-    }
-
-    fn owner_only(&self) -> Result<()> {
-        if self.in_worker() {
-            return Err(Error::Argument(
-                "only the process that made an arena claims from it".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// `arena.allocate(array)` in a worker, from Numo's `allocate`: gives an
-    /// unallocated array of at least `OWN_MAPPING_BYTES` a block of the
-    /// arena. False (nothing done) for other arrays and in the parent.
-    pub fn allocate(&self, obj: Value) -> Result<bool> {
-        if !self.in_worker() {
-            return Ok(false);
-        }
-        shared_array::adopt_allocating(obj, |bytes| {
-            if bytes < OWN_MAPPING_BYTES {
-                return Ok(None);
-            }
-            self.with_open(|open| Ok(Some(open.block(self.id, bytes)?.release_pages_on_drop())))
-        })
-    }
-
-    /// `arena.export_block(array)` in a worker: if `array` got its memory
-    /// from this arena in this process, hands its block to the parent and
-    /// returns the offset; nil otherwise.
-    pub fn export_block(&self, obj: Value) -> Result<Option<u64>> {
-        let Some(segment) = shared_array::own_segment(obj) else {
-            return Ok(None);
-        };
-        let Some(block) = segment.arena_block() else {
-            return Ok(None);
-        };
-        if block.arena != self.id || !segment.releases_pages_here() {
-            return Ok(None);
-        }
-        self.with_open(|open| segment.hand_over(&open.fd, block.offset))?;
-        Ok(Some(block.offset))
-    }
-
-    /// `arena.export_target(klass, shape)` in a worker: a block of its own
-    /// for an array of `klass` and `shape`, and a shared array over it to
-    /// copy into. Returns `[offset, array]`.
-    pub fn export_target(
-        ruby: &Ruby,
-        rb_self: &Self,
-        klass: RClass,
-        shape: RArray,
-    ) -> Result<(u64, Value)> {
-        let plan = shared_array::plan(ruby, klass, shape)?;
-        let segment = if plan.bytes == 0 {
-            None
-        } else {
-            Some(rb_self.with_open(|open| open.block(rb_self.id, plan.bytes))?)
-        };
-        let offset = segment
-            .as_ref()
-            .and_then(Segment::arena_block)
-            .map_or(0, |b| b.offset);
-        Ok((offset, plan.wrap(klass, segment)))
-    }
-
-    /// `arena.write_bytes(string)` in a worker: packs a small result's bytes
-    /// into the arena and returns their offset.
-    pub fn write_bytes(&self, bytes: RString) -> Result<u64> {
-        // SAFETY: the slice is used before any Ruby code can run.
-        self.pack(unsafe { bytes.as_slice() })
-    }
-
-    /// `arena.write_array(array)` in a worker: packs the data of a small Numo
-    /// data array (not a view, not Numo::Bit) into the arena and returns its
-    /// offset; nil for other arrays, whose bytes `write_bytes` takes.
-    pub fn write_array(&self, obj: Value) -> Result<Option<u64>> {
-        match shared_array::data_bytes_of(obj) {
-            Some(data) => self.pack(data).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn pack(&self, data: &[u8]) -> Result<u64> {
-        self.with_open(|open| {
-            if let Some(offset) = open.pack_small(data) {
-                return Ok(offset);
-            }
-            let offset = open.take(data.len().max(1) as u64, 8, data.len())?;
-            segment::write_all_at(&open.fd, data, offset).map_err(|e| {
-                Error::os(
-                    e,
-                    format!(
-                        "writing {} to shared memory (results arena)",
-                        segment::human_bytes(data.len())
-                    ),
-                )
+        let (receiver, sender) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::os(e, "making the socket for parallel results"))?;
+        let shared = Arc::new(Shared {
+            token: random_token()?,
+            owner: pid::current(),
+            region: Region::create(),
+            receiver: receiver.into_raw_fd(),
+            sender: sender.into_raw_fd(),
+            inbox: Mutex::new(Inbox::default()),
+            arrived: Condvar::new(),
+            receiving: Mutex::new(None),
+        });
+        let receiving = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("numo-shared-results".into())
+            .spawn(move || receiving.receive_until_closed())
+            .map_err(|e| {
+                segment::io_error(e, "starting the thread that receives parallel results")
             })?;
-            Ok(offset)
-        })
+        *shared.receiving.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        open_arenas().push(Arc::clone(&shared));
+        Ok(Arena { shared })
     }
 
-    /// `arena.read_bytes(offset, length)` in the parent: packed bytes (a
-    /// view's index tables) as a String.
-    pub fn read_bytes(ruby: &Ruby, rb_self: &Self, offset: u64, len: usize) -> Result<RString> {
-        rb_self.owner_only()?;
-        let data = rb_self.with_open(|open| open.unpack(offset, len))?;
-        Ok(ruby.str_from_slice(&data))
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
-    /// `arena.fill(array, shape, offset, length)` in the parent: makes
-    /// `array`, just allocated by `Marshal.load`, an ordinary array of `shape`
-    /// holding a copy of a small result's packed bytes.
-    pub fn fill(&self, obj: Value, shape: RArray, offset: u64, len: usize) -> Result<Value> {
-        self.owner_only()?;
-        let plan = shared_array::plan_for_object(obj, shape)?;
-        // Copied out first: filling allocates, which may run the GC (or
-        // raise), and must not happen while the arena is locked.
-        let bytes = self.with_open(|open| open.unpack(offset, len))?;
-        plan.fill(obj, &bytes)
-    }
-
-    /// `arena.claim(array, shape, offset)` in the parent: makes `array`, just
-    /// allocated by `Marshal.load`, the shared array over the worker's block.
-    pub fn claim(&self, obj: Value, shape: RArray, offset: u64) -> Result<Value> {
-        self.owner_only()?;
-        let plan = shared_array::plan_for_object(obj, shape)?;
-        let len = plan.bytes as u64;
-        let segment = if len == 0 {
-            None
-        } else {
-            Some(self.with_open(|open| {
-                let end = offset
-                    .checked_add(round_up(len))
-                    .ok_or_else(|| bad_handle(offset))?;
-                if !offset.is_multiple_of(PAGE) || offset < BLOCKS_START {
-                    return Err(bad_handle(offset));
-                }
-                open.check_taken(offset, round_up(len))?;
-                if open.claimed.iter().any(|&(o, l)| offset < o + l && o < end) {
-                    return Err(Error::Argument(format!(
-                        "block at offset {offset} was already claimed"
-                    )));
-                }
-                let seg = Segment::map_fd(
-                    &open.fd,
-                    offset,
-                    plan.bytes,
-                    "shared memory (results arena)",
-                    Access::Shared,
-                )?;
-                open.claimed.push((offset, round_up(len)));
-                Ok(seg.release_pages_on_drop())
-            })?)
-        };
-        plan.adopt(obj, segment, 0)
-    }
-
-    /// `arena.close`: frees every range nobody claimed and closes the memfd.
-    /// Claimed arrays keep their own mappings. Safe to call twice.
-    pub fn close(&self) -> Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut open) = state.take() else {
-            return Ok(());
-        };
-        if self.in_worker() {
-            return Ok(()); // a worker's copy: the parent cleans up
+    /// `arena.close` in the parent: stops receiving, unmaps every result
+    /// that arrived and was not claimed, and closes the socket and the
+    /// region. Arrays already claimed keep their own mappings. A no-op in a
+    /// worker (its copy is the parent's to clean up) and when called twice.
+    pub fn close(&self) {
+        let shared = &self.shared;
+        if pid::current() != shared.owner {
+            return;
         }
-        let end = open.cursor().load(Ordering::SeqCst).min(CAPACITY);
-        open.claimed.sort_unstable();
-        let mut start = PAGE;
-        for &(offset, len) in open.claimed.iter().chain(std::iter::once(&(end, 0))) {
-            if offset > start {
-                punch(&open.fd, start, offset - start);
+        {
+            let mut inbox = shared.lock_inbox();
+            if inbox.closed {
+                return;
             }
-            start = start.max(offset + len);
+            inbox.closed = true;
         }
-        Ok(())
+        open_arenas().retain(|a| !Arc::ptr_eq(a, shared));
+        let _ = shutdown(shared.receiver, Shutdown::Both);
+        let thread = shared
+            .receiving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        let leftovers: Vec<Arrival> = shared.lock_inbox().blocks.drain().map(|(_, a)| a).collect();
+        for arrival in leftovers {
+            if let Arrival::Mapped { addr, len } = arrival {
+                // SAFETY: a mapping nothing claimed.
+                unsafe { segment::unmap(addr, len) };
+            }
+        }
+        // SAFETY: the receiving thread is gone and no result is read any more;
+        // the descriptors are ours (workers have their own copies).
+        unsafe {
+            libc::close(shared.receiver);
+            libc::close(shared.sender);
+            if let Some(region) = &shared.region {
+                region.unmap();
+            }
+        }
     }
 
-    /// The process that made the arena.
+    /// `arena.owner_pid`: the process that made the arena.
     pub fn owner_pid(&self) -> i32 {
-        self.owner.as_raw()
+        self.shared.owner.as_raw()
     }
 
-    /// Names this arena in handles (unique among the arenas of a process).
-    pub fn id(&self) -> u64 {
-        self.id
+    /// `arena.token`: the number handles of this arena carry.
+    pub fn token(&self) -> u64 {
+        self.shared.token
     }
 }
 
-/// `Numo::Shared::Native.claim_reference(array, shape, serial, offset)` in
-/// the parent: makes `array` (just allocated by `Marshal.load`) a shared
-/// array over the same memory as `offset` bytes into its live segment
-/// `serial`, without copying.
-pub fn claim_reference(obj: Value, shape: RArray, serial: u64, offset: usize) -> Result<Value> {
-    let plan = shared_array::plan_for_object(obj, shape)?;
-    if plan.bytes == 0 {
-        return plan.adopt(obj, None, 0);
+/// An arena the parent never closed (its call ended without `ensure`) is
+/// closed when its Ruby object is collected.
+impl Drop for Arena {
+    fn drop(&mut self) {
+        self.close();
     }
-    let (segment, delta) = Segment::duplicate(serial, offset, plan.bytes)?;
-    plan.adopt(obj, Some(segment), delta)
 }
 
-fn bad_handle(offset: u64) -> Error {
-    Error::Argument(format!(
-        "no result of the results arena starts at offset {offset}"
-    ))
+impl Shared {
+    fn lock_inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The receiving thread: maps each result's memory as it arrives.
+    fn receive_until_closed(&self) {
+        loop {
+            match receive(self.receiver, MsgFlags::empty()) {
+                Ok(Some((id, arrival))) => self.deliver(id, arrival),
+                Ok(None) => return,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn deliver(&self, id: u64, arrival: Arrival) {
+        let mut inbox = self.lock_inbox();
+        if inbox.closed {
+            drop(inbox);
+            if let Arrival::Mapped { addr, len } = arrival {
+                // SAFETY: nobody will claim it any more.
+                unsafe { segment::unmap(addr, len) };
+            }
+            return;
+        }
+        inbox.blocks.insert(id, arrival);
+        self.arrived.notify_all();
+    }
+
+    /// The mapping of block `id`, waiting for it if the receiving thread is
+    /// still mapping it.
+    fn take_block(&self, id: u64) -> Result<(usize, usize)> {
+        let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+        loop {
+            if let Some(arrival) = self.lock_inbox().blocks.remove(&id) {
+                return arrival.into_result();
+            }
+            // Receive here too: the message may still be in the socket.
+            match receive(self.receiver, MsgFlags::MSG_DONTWAIT) {
+                Ok(Some((got, arrival))) if got == id => return arrival.into_result(),
+                Ok(Some((got, arrival))) => self.deliver(got, arrival),
+                _ => {
+                    let inbox = self.lock_inbox();
+                    if inbox.blocks.contains_key(&id) {
+                        continue;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Argument(format!(
+                            "the shared memory of a result (block {id:#x}) never arrived from its worker"
+                        )));
+                    }
+                    let _ = self
+                        .arrived
+                        .wait_timeout(inbox, Duration::from_millis(10))
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    /// In a worker: sends the memfd of a result of `bytes` bytes, to be
+    /// named `id` in its handle.
+    pub fn send_block(&self, fd: &OwnedFd, id: u64, bytes: usize) -> Result<()> {
+        let mut message = [0u8; 16];
+        message[..8].copy_from_slice(&id.to_le_bytes());
+        message[8..].copy_from_slice(&(bytes as u64).to_le_bytes());
+        let fds = [fd.as_raw_fd()];
+        let control = [ControlMessage::ScmRights(&fds)];
+        loop {
+            match sendmsg::<()>(
+                self.sender,
+                &[IoSlice::new(&message)],
+                &control,
+                MsgFlags::empty(),
+                None,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(Error::os(
+                        e,
+                        format!("sending {} of results to the parent", human_bytes(bytes)),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// In a worker, once: closes its copy of the parent's receiving end, so
+    /// that if the parent dies, sending fails instead of waiting forever.
+    pub fn close_receiver_copy(&self) {
+        // SAFETY: this process's inherited copy; it never receives.
+        unsafe { libc::close(self.receiver) };
+    }
 }
 
-fn punch(fd: &OwnedFd, offset: u64, len: u64) {
-    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-    // Best effort: the pages also go when the memfd's last mapping does.
-    let _ = fallocate(
-        fd.as_raw_fd(),
-        flags,
-        offset as libc::off_t,
-        len as libc::off_t,
-    );
+/// One message from a worker: the block's id and its memory, mapped here.
+/// `None` when the socket is shut down.
+fn receive(socket: RawFd, flags: MsgFlags) -> std::result::Result<Option<(u64, Arrival)>, Errno> {
+    let mut message = [0u8; 16];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut message)];
+    let msg = recvmsg::<()>(
+        socket,
+        &mut iov,
+        Some(&mut space),
+        flags | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    if msg.bytes == 0 {
+        return Ok(None);
+    }
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in msg.cmsgs().ok().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(received) = message {
+            // SAFETY: descriptors the kernel just gave this process.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let fd = (!fds.is_empty()).then(|| fds.swap_remove(0)); // any others are closed
+    let id = u64::from_le_bytes(message[..8].try_into().unwrap());
+    let bytes = u64::from_le_bytes(message[8..].try_into().unwrap()) as usize;
+    let arrival = match fd {
+        Some(fd) => map_block(fd, bytes),
+        None => Arrival::Failed(
+            Some(if truncated {
+                Errno::EMFILE
+            } else {
+                Errno::EBADMSG
+            }),
+            format!(
+                "receiving {} of results from a worker (the parent could not take the descriptor)",
+                human_bytes(bytes)
+            ),
+        ),
+    };
+    Ok(Some((id, arrival)))
+}
+
+fn map_block(fd: OwnedFd, bytes: usize) -> Arrival {
+    let len = match segment::file_size(&fd, "a result's memory") {
+        Ok((size, _)) if size >= bytes && size > 0 => size,
+        Ok((size, _)) => {
+            return Arrival::Failed(
+                None,
+                format!("a worker sent {size} bytes of memory for a result of {bytes} bytes"),
+            )
+        }
+        Err(err) => return Arrival::from_error(err),
+    };
+    // SAFETY: a fresh shared mapping of the memfd the worker sent.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Arrival::from_error(segment::mapping_error(
+            Errno::last(),
+            format!("mapping {} of a result", human_bytes(len)),
+        ));
+    }
+    Arrival::Mapped {
+        addr: addr as usize,
+        len,
+    }
+}
+
+fn random_token() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom fills the buffer it is given.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr() as *mut libc::c_void, 8, 0) };
+    if got != 8 {
+        return Err(Error::os(
+            Errno::last(),
+            "getting a random token for parallel results",
+        ));
+    }
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// `Numo::Shared::Native.load_handle(array, data)` in the parent, from
+/// `NArray#marshal_load`: makes `array`, just allocated by `Marshal.load`,
+/// the result `data` names. Returns nil when `data` is not a handle (Numo's
+/// own marshal data), for Numo to load.
+pub fn load_handle(obj: Value, data: Value) -> Result<Option<Value>> {
+    let Some(string) = RString::from_value(data) else {
+        return Ok(None);
+    };
+    // SAFETY: the bytes are copied before any Ruby code runs.
+    let bytes = unsafe { string.as_slice() };
+    if !Handle::looks_like(bytes) {
+        return Ok(None);
+    }
+    let handle = Handle::decode(bytes)?;
+    let arena = open_arenas()
+        .iter()
+        .find(|a| a.token == handle.token)
+        .cloned()
+        .ok_or_else(|| {
+            Error::Argument(
+                "marshal data names a Numo::Parallel results arena that is not open in this process"
+                    .into(),
+            )
+        })?;
+    if arena.owner != pid::current() {
+        return Err(Error::Argument(
+            "only the process that made a results arena loads its results".into(),
+        ));
+    }
+    let plan = Plan::for_object(obj, handle.shape.clone(), handle.flags)?;
+    let array = match handle.place {
+        Place::Bytes { offset, len } => {
+            let region = arena
+                .region
+                .as_ref()
+                .ok_or_else(|| Error::Argument("this results arena has no region".into()))?;
+            let copy = region.read(offset, len)?.to_vec();
+            plan.fill(obj, &copy)?
+        }
+        Place::Block { id } => {
+            let (addr, len) = arena.take_block(id)?;
+            let segment = Segment::adopt_mapping(addr, len, Access::Shared);
+            if len < plan.bytes {
+                return Err(Error::Argument(format!(
+                    "a worker sent {len} bytes for a result of {} bytes",
+                    plan.bytes
+                )));
+            }
+            plan.adopt(obj, Some(segment), 0)?
+        }
+        Place::Reference { serial, offset } => {
+            if plan.bytes == 0 {
+                plan.adopt(obj, None, 0)?
+            } else {
+                let (segment, delta) = Segment::duplicate(serial, offset as usize, plan.bytes)?;
+                plan.adopt(obj, Some(segment), delta)?
+            }
+        }
+        Place::View {
+            serial,
+            data_offset,
+            data_bytes,
+            view_offset,
+            index_mask,
+            strides,
+            tables_offset,
+            tables_len,
+        } => {
+            let tables = if tables_len == 0 {
+                Vec::new()
+            } else {
+                let region = arena
+                    .region
+                    .as_ref()
+                    .ok_or_else(|| Error::Argument("this results arena has no region".into()))?;
+                region.read(tables_offset, tables_len)?.to_vec()
+            };
+            let geometry = view::Geometry {
+                serial,
+                data_offset: data_offset as usize,
+                data_bytes: data_bytes as usize,
+                offset: view_offset as usize,
+                index_mask,
+                strides: strides.iter().map(|&s| s as isize).collect(),
+            };
+            view::claim(&plan, obj, &geometry, &tables)?
+        }
+    };
+    debug_assert_eq!(array.as_raw(), obj.as_raw());
+    Ok(Some(array))
 }

@@ -44,6 +44,9 @@ pub enum Error {
     Layout(String),
     /// A segment or file whose contents are not what they must be.
     Format(String),
+    /// An exception Ruby raised in a call made from Rust (or a pending
+    /// jump, such as a thread being killed), passed on as it is.
+    Ruby(magnus::Error),
 }
 
 impl Error {
@@ -54,15 +57,32 @@ impl Error {
         }
     }
 
-    /// The Ruby exception for this error. `Os` becomes the matching
-    /// `Errno::*` class (a `SystemCallError`), with `context` in the message.
+    /// The Ruby exception for this error, built now: magnus would otherwise
+    /// build it while raising, and if that fails (a thread being killed makes
+    /// `Class#new` return a fatal tag) it aborts the process. `Os` becomes the
+    /// matching `Errno::*` class (a `SystemCallError`), with `context` in the
+    /// message.
     pub fn into_ruby(self, ruby: &Ruby) -> magnus::Error {
-        match self {
-            Error::Type(msg) => magnus::Error::new(ruby.exception_type_error(), msg),
-            Error::Argument(msg) => magnus::Error::new(ruby.exception_arg_error(), msg),
-            Error::Layout(msg) => magnus::Error::new(ruby.get_inner(&LAYOUT_ERROR), msg),
-            Error::Format(msg) => magnus::Error::new(ruby.get_inner(&FORMAT_ERROR), msg),
-            Error::Os { errno, context } => system_call_error(ruby, errno, &context),
+        let (class, message) = match self {
+            Error::Ruby(err) => return err,
+            Error::Type(msg) => (ruby.exception_type_error(), msg),
+            Error::Argument(msg) => (ruby.exception_arg_error(), msg),
+            Error::Layout(msg) => (ruby.get_inner(&LAYOUT_ERROR), msg),
+            Error::Format(msg) => (ruby.get_inner(&FORMAT_ERROR), msg),
+            Error::Os { errno, context } => match errno_class(ruby, errno) {
+                // Errno classes build "<strerror> - <context>" from one argument.
+                Some(class) => (class, context),
+                None => (
+                    ruby.exception_system_call_error(),
+                    format!("{} - {context}", errno.desc()),
+                ),
+            },
+        };
+        match class.new_instance((message,)) {
+            Ok(exception) => magnus::Error::from(exception),
+            // A pending jump (a thread being killed) or an exception raised
+            // while building: magnus resumes or raises it as it is.
+            Err(err) => err,
         }
     }
 }
@@ -74,26 +94,11 @@ impl From<Error> for magnus::Error {
     }
 }
 
-/// `Errno::<name>` for `errno`, falling back to `SystemCallError` itself for
-/// numbers Ruby does not know.
-fn system_call_error(ruby: &Ruby, errno: Errno, context: &str) -> magnus::Error {
-    let errno_module: Option<RModule> = ruby.class_object().const_get("Errno").ok();
-    let class = errno_module
-        .and_then(|m| m.const_get::<_, RClass>(format!("{errno:?}")).ok())
-        .and_then(|c| ExceptionClass::from_value(c.as_value()));
-    match class {
-        Some(class) => {
-            // Errno classes build "<strerror> - <context>" from one argument.
-            match class.new_instance((context,)) {
-                Ok(exc) => magnus::Error::from(exc),
-                Err(err) => err,
-            }
-        }
-        None => magnus::Error::new(
-            ruby.exception_system_call_error(),
-            format!("{} - {context}", errno.desc()),
-        ),
-    }
+/// `Errno::<name>` for `errno`, if Ruby knows that number.
+fn errno_class(ruby: &Ruby, errno: Errno) -> Option<ExceptionClass> {
+    let errno_module: RModule = ruby.class_object().const_get("Errno").ok()?;
+    let class: RClass = errno_module.const_get(format!("{errno:?}")).ok()?;
+    ExceptionClass::from_value(class.as_value())
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -134,7 +134,7 @@ pub fn memmap(
             mode.access(),
         )?)
     };
-    let array = plan.wrap_at(klass, segment, start - map_start);
+    let array = plan.wrap_at(klass, segment, start - map_start)?;
     if mode == FileMode::Read {
         array.freeze();
     }

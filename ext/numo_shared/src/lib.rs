@@ -5,14 +5,20 @@
 mod arena;
 mod error;
 mod file_map;
+mod handle;
 mod header;
+mod memfd;
 mod named;
 mod numo;
 mod pid;
+mod pool;
+mod region;
+mod ruby_alloc;
 mod segment;
 mod shape;
 mod shared_array;
 mod view;
+mod worker;
 
 use magnus::{
     function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, Ruby, Value,
@@ -36,39 +42,42 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let native = shared.define_module("Native")?;
     native.define_module_function("create", function!(shared_array::create, 2))?;
     native.define_module_function("shared?", function!(shared_array::is_shared, 1))?;
+    native.define_module_function("ours?", function!(shared_array::is_ours, 1))?;
     native.define_module_function("mapped_bytes", function!(shared_array::mapped_bytes, 1))?;
     native.define_module_function("release", function!(shared_array::release, 1))?;
     native.define_module_function("layout_mismatch", function!(layout_mismatch, 3))?;
-    // [serial, creator pid, offset] of a shared array or view, or nil.
-    native.define_module_function("location", function!(shared_array::location, 1))?;
-    native.define_module_function("claim_reference", function!(arena::claim_reference, 4))?;
-    native.define_module_function("view_location", function!(view::location, 1))?;
-    native.define_module_function("claim_view", function!(view::claim, 4))?;
     native.define_module_function("create_named", function!(named::create, 3))?;
     native.define_module_function("open_named", function!(named::open, 2))?;
     native.define_module_function("unlink_named", function!(named::unlink, 1))?;
     native.define_module_function("segments", function!(named::list, 0))?;
     native.define_module_function("memmap", function!(file_map::memmap, 6))?;
     native.define_module_function("flush", function!(shared_array::flush, 1))?;
+    // Numo::Parallel: a worker's handle for an array of its result (or nil),
+    // and the parent's loading of one.
+    native.define_module_function("export", function!(worker::export, 1))?;
+    native.define_module_function("load_handle", function!(arena::load_handle, 2))?;
+    native.define_module_function("pool_stats", function!(pool::stats, 0))?;
 
     let arena = shared.define_class("Arena", ruby.class_object())?;
     arena.define_singleton_method("new", function!(Arena::new, 0))?;
-    arena.define_method("allocate", method!(Arena::allocate, 1))?;
-    arena.define_method("export_block", method!(Arena::export_block, 1))?;
-    arena.define_method("export_target", method!(Arena::export_target, 2))?;
-    arena.define_method("write_bytes", method!(Arena::write_bytes, 1))?;
-    arena.define_method("write_array", method!(Arena::write_array, 1))?;
-    arena.define_method("read_bytes", method!(Arena::read_bytes, 2))?;
-    arena.define_method("fill", method!(Arena::fill, 4))?;
-    arena.define_method("claim", method!(Arena::claim, 3))?;
     arena.define_method("close", method!(Arena::close, 0))?;
-    arena.define_method("worker?", method!(Arena::in_worker, 0))?;
     arena.define_method("owner_pid", method!(Arena::owner_pid, 0))?;
-    arena.define_method("id", method!(Arena::id, 0))?;
+    arena.define_method("token", method!(Arena::token, 0))?;
+    arena.define_method("enter_worker", method!(worker::enter, 0))?;
+    arena.define_method("expect_exports", method!(expect_exports, 1))?;
+
+    // Prepended to Numo's numeric classes in worker processes only.
+    let hook = shared.define_module("WorkerAllocation")?;
+    hook.define_method("allocate", method!(worker::allocate, 0))?;
 
     let narray: RClass = numo.const_get("NArray")?;
     narray.define_method("shared?", method!(shared_array::is_shared, 0))?;
     Ok(())
+}
+
+/// `arena.expect_exports(result)`.
+fn expect_exports(_arena: &Arena, result: Value) {
+    worker::expect_exports(result);
 }
 
 /// `Numo::Shared::Native.layout_mismatch(array, shape, element_bytes)`: what

@@ -75,9 +75,10 @@ pub fn create(ruby: &Ruby, klass: RClass, shape: RArray, name: String) -> Result
             format!("creating shared-memory segment {}", place(&name)),
         )
     })?;
-    let made = fill(&fd, &head, total, &name);
+    let made = fill(&fd, &head, total, &name)
+        .and_then(|segment| plan.wrap_at(klass, Some(segment), head.len()));
     match made {
-        Ok(segment) => Ok(plan.wrap_at(klass, Some(segment), head.len())),
+        Ok(array) => Ok(array),
         Err(err) => {
             let _ = shm_unlink(shm_path(&name).as_str());
             Err(err)
@@ -146,7 +147,7 @@ pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
         &format!("shared memory ({})", place(&name)),
         access,
     )?;
-    let array = plan.wrap_at(klass, Some(segment), header.data_offset());
+    let array = plan.wrap_at(klass, Some(segment), header.data_offset())?;
     if readonly {
         array.freeze();
     }

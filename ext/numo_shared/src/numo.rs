@@ -82,20 +82,17 @@ impl Step {
     }
 
     /// The `stridx_t` for this step; an index table is copied to a buffer
-    /// from `ruby_xmalloc`, which numo-narray frees with the view.
-    ///
-    /// # Safety
-    /// May allocate (and so run the GC); the result must be stored in a view.
-    pub unsafe fn encode(&self) -> usize {
+    /// from `ruby_xmalloc`, which numo-narray frees with the view (so the
+    /// word must be stored in a view, or the buffer freed). May allocate,
+    /// and so run the GC.
+    pub fn encode(&self) -> Result<usize> {
         match self {
-            Step::Stride(stride) => ((stride << 1) | 1) as usize,
+            Step::Stride(stride) => Ok(((stride << 1) | 1) as usize),
             Step::Index(table) => {
-                let buf = rb_sys::ruby_xmalloc2(
-                    table.len().max(1) as rb_sys::size_t,
-                    std::mem::size_of::<usize>() as rb_sys::size_t,
-                ) as *mut usize;
-                std::ptr::copy_nonoverlapping(table.as_ptr(), buf, table.len());
-                buf as usize
+                let buf = crate::ruby_alloc::xmalloc_array::<usize>(table.len())?;
+                // SAFETY: buf holds table.len() words.
+                unsafe { std::ptr::copy_nonoverlapping(table.as_ptr(), buf, table.len()) };
+                Ok(buf as usize)
             }
         }
     }
@@ -256,6 +253,15 @@ pub unsafe fn layout_mismatch(probe: VALUE, shape: &[usize], element_bytes: u32)
         return Some("an unallocated array has a data pointer or claims to own one".into());
     }
     None
+}
+
+/// `super` from a method written in Rust (the allocation hook), with Ruby's
+/// exceptions returned as errors.
+pub fn call_super() -> std::result::Result<magnus::Value, magnus::Error> {
+    // SAFETY: called from a method body; rb_call_super uses its frame.
+    let value = magnus::rb_sys::protect(|| unsafe { rb_sys::rb_call_super(0, std::ptr::null()) })?;
+    // SAFETY: a live value returned by the method.
+    Ok(unsafe { <magnus::Value as magnus::rb_sys::FromRawValue>::from_raw(value) })
 }
 
 /// Refuses a numo-narray whose version is outside the series we mirror.

@@ -1,63 +1,64 @@
-//! `Segment`: a `MAP_SHARED` mapping of a file descriptor, so that writes by
-//! any process that has it mapped (a forked child included) are seen by all.
+//! `Segment`: a mapping of a file descriptor that a shared array's data lives
+//! in, unmapped (or handed back to the worker pool) when dropped.
 //!
 //! Anonymous segments are backed by `memfd_create`: nothing appears in the file
-//! system, and the memory goes away when the last mapping does, even if the
-//! process is killed. The descriptor is closed as soon as the memory is
-//! mapped, so a segment costs one mapping and no descriptor.
+//! system, and the memory goes away when the last mapping of it, in any
+//! process, does, even if the process is killed. The descriptor is closed as
+//! soon as the memory is mapped, so a segment costs one mapping and no
+//! descriptor. No page of a segment is ever released by hand: the kernel
+//! frees a memfd's pages when nothing maps it any more.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use nix::errno::Errno;
-use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-use nix::unistd::{getpid, Pid};
 
 use crate::error::{Error, Result};
-
-/// Where a segment sits in a results arena: its id and byte offset.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct ArenaBlock {
-    pub arena: u64,
-    pub offset: u64,
-}
+use crate::memfd;
+use crate::pid;
+use crate::pool::{self, Lease};
 
 /// How a segment maps its file.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Access {
     /// Shared and writable: writes reach the file and every process.
     Shared,
-    /// The same, with every page mapped at once.
-    SharedPopulated,
     /// Shared, read-only.
     ReadOnly,
     /// Private copy-on-write: writes stay in this process.
     CopyOnWrite,
 }
 
-/// A mapping of a file descriptor, unmapped on drop.
+impl Access {
+    /// Whether another process's mapping of the same pages sees this one's
+    /// writes and the other way round: only such memory can be passed by
+    /// reference, and only it can be mapped again with `duplicate`.
+    pub fn is_shared_writable(self) -> bool {
+        self == Access::Shared
+    }
+}
+
+/// A mapping, unmapped on drop.
 pub struct Segment {
     ptr: NonNull<u8>,
     len: usize,
     /// Names this mapping among the live segments of this process and of the
     /// processes forked from it: the creating pid in the high 32 bits.
     serial: u64,
-    /// When set, dropping the segment in this process (and only this one)
-    /// also frees its pages in the file behind it (`MADV_REMOVE`): the
-    /// segment is the only user of that range of a larger file.
-    release_pages_in: Option<Pid>,
-    block: Option<ArenaBlock>,
+    access: Access,
+    /// Set for memory of a Numo::Parallel worker's pool: dropping the
+    /// segment hands the mapping back to the pool instead of unmapping it.
+    lease: Option<Lease>,
 }
 
 // SAFETY: a Segment is a plain mapping; its pointer is valid for its life.
 unsafe impl Send for Segment {}
 
-/// The segments mapped in this process, by serial: (address, length).
-/// Forked children inherit the table along with the mappings.
+/// The shared, writable segments mapped in this process, by serial:
+/// (address, length). Forked children inherit the table with the mappings.
 static LIVE: Mutex<BTreeMap<u64, (usize, usize)>> = Mutex::new(BTreeMap::new());
 static NEXT_SERIAL: AtomicU32 = AtomicU32::new(1);
 
@@ -67,29 +68,41 @@ fn live() -> std::sync::MutexGuard<'static, BTreeMap<u64, (usize, usize)>> {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        live().remove(&self.serial);
-        let addr = self.ptr.as_ptr() as *mut libc::c_void;
-        // SAFETY: the range is our own mapping, unmapped exactly once here;
-        // when release_pages_in is us, nothing else uses its pages.
-        unsafe {
-            if self.release_pages_in == Some(getpid()) {
-                libc::madvise(addr, self.len, libc::MADV_REMOVE);
-            }
-            libc::munmap(addr, self.len);
+        if self.access.is_shared_writable() {
+            live().remove(&self.serial);
+        }
+        let addr = self.ptr.as_ptr() as usize;
+        match self.lease.take() {
+            Some(lease) => pool::give_back(lease, addr, self.len),
+            // SAFETY: the range is our own mapping, unmapped exactly once here.
+            None => unsafe { unmap(addr, self.len) },
         }
     }
 }
 
+/// `munmap`, for mappings this module made.
+///
+/// # Safety
+/// `addr..addr + len` must be a mapping nothing uses any more.
+pub unsafe fn unmap(addr: usize, len: usize) {
+    libc::munmap(addr as *mut libc::c_void, len);
+}
+
 impl Segment {
-    /// Creates an anonymous shared segment of `len` bytes, zero-filled, with
-    /// every page reserved up front so that running out of memory raises here
-    /// instead of killing the process with SIGBUS on a later write.
+    /// Creates an anonymous shared segment of `len` bytes, zero-filled.
+    ///
+    /// Its pages are taken when first written, as for memory from malloc: a
+    /// memfd lives on the kernel's internal tmpfs mount, which has no size
+    /// limit, so a full /dev/shm cannot make a later write die of SIGBUS.
+    /// Requests larger than the memory the machine has available raise here;
+    /// under strict overcommit (`vm.overcommit_memory = 2`), where a page
+    /// that cannot be charged would be SIGBUS, every page is reserved now.
     pub fn anonymous(len: usize) -> Result<Segment> {
-        check_fits_in_memory(len)?;
-        let name: &CStr = c"numo-shared";
-        let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
-            .map_err(|e| Error::os(e, "memfd_create for a shared array"))?;
-        reserve(&fd, len, "memfd")?;
+        memfd::check_available(len, "shared memory (memfd)")?;
+        let fd = memfd::create(c"numo-shared", len, "shared memory (memfd)")?;
+        if memfd::strict_overcommit() {
+            allocate_range(&fd, 0, len as u64, len, "memfd")?;
+        }
         Self::map_fd(&fd, 0, len, "shared memory (memfd)", Access::Shared)
     }
 
@@ -105,10 +118,6 @@ impl Segment {
         let off = libc::off_t::try_from(offset).map_err(|_| Error::os(Errno::EFBIG, mapping()))?;
         let (prot, flags) = match access {
             Access::Shared => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED),
-            Access::SharedPopulated => (
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-            ),
             Access::ReadOnly => (libc::PROT_READ, libc::MAP_SHARED),
             Access::CopyOnWrite => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE),
         };
@@ -126,9 +135,37 @@ impl Segment {
             )
         };
         if addr == libc::MAP_FAILED {
-            return Err(Error::os(Errno::last(), mapping()));
+            return Err(mapping_error(Errno::last(), mapping()));
         }
-        Ok(Self::adopt_mapping(addr, len))
+        Ok(Self::adopt_mapping(addr as usize, len, access))
+    }
+
+    /// Takes ownership of a live mapping made elsewhere in this crate.
+    pub fn adopt_mapping(addr: usize, len: usize, access: Access) -> Segment {
+        let serial = (u64::from(pid::current().as_raw() as u32) << 32)
+            | u64::from(NEXT_SERIAL.fetch_add(1, Ordering::Relaxed));
+        if access.is_shared_writable() {
+            live().insert(serial, (addr, len));
+        }
+        Segment {
+            ptr: NonNull::new(addr as *mut u8).expect("mmap never returns NULL here"),
+            len,
+            serial,
+            access,
+            lease: None,
+        }
+    }
+
+    /// A segment over a mapping of a worker's pool, handed back to the pool
+    /// when dropped. Not listed: it is never passed by reference.
+    pub fn pooled(addr: usize, len: usize, lease: Lease) -> Segment {
+        Segment {
+            ptr: NonNull::new(addr as *mut u8).expect("mmap never returns NULL here"),
+            len,
+            serial: u64::from(pid::current().as_raw() as u32) << 32,
+            access: Access::Shared,
+            lease: Some(lease),
+        }
     }
 
     /// Writes this mapping's changes to the file behind it (`msync`).
@@ -151,9 +188,9 @@ impl Segment {
     }
 
     /// A second, independent mapping of the same pages as `len` bytes at
-    /// `offset` into the live segment `serial` of this process (`mremap` with
-    /// an old size of 0). Returns it with the distance from its start to
-    /// `offset` (the mapping starts on a page boundary).
+    /// `offset` into the live shared segment `serial` of this process
+    /// (`mremap` with an old size of 0). Returns it with the distance from
+    /// its start to `offset` (the mapping starts on a page boundary).
     pub fn duplicate(serial: u64, offset: usize, len: usize) -> Result<(Segment, usize)> {
         let gone = || {
             Error::Argument(format!(
@@ -180,73 +217,92 @@ impl Segment {
             )
         };
         if dup == libc::MAP_FAILED {
-            return Err(Error::os(
+            return Err(mapping_error(
                 Errno::last(),
                 format!("mapping {} of a shared array again", human_bytes(len)),
             ));
         }
-        Ok((Self::adopt_mapping(dup, span), offset - start))
+        Ok((
+            Self::adopt_mapping(dup as usize, span, Access::Shared),
+            offset - start,
+        ))
     }
 
-    fn adopt_mapping(addr: *mut libc::c_void, len: usize) -> Segment {
-        let serial = (u64::from(getpid().as_raw() as u32) << 32)
-            | u64::from(NEXT_SERIAL.fetch_add(1, Ordering::Relaxed));
-        live().insert(serial, (addr as usize, len));
-        Segment {
-            ptr: NonNull::new(addr as *mut u8).expect("mmap never returns NULL here"),
-            len,
-            serial,
-            release_pages_in: None,
-            block: None,
+    /// Gives up the memory now: the range is replaced by private anonymous
+    /// pages (so that code still holding a pointer into it reads zeros
+    /// instead of faulting) and kept reserved until the returned
+    /// `Reservation` is dropped. The file's pages go when no other mapping
+    /// of them, in any process, is left.
+    pub fn release(mut self) -> Reservation {
+        let addr = self.ptr.as_ptr() as usize;
+        let len = self.len;
+        if self.access.is_shared_writable() {
+            live().remove(&self.serial);
         }
+        drop(self.lease.take()); // a pool block is not reused: its range is gone
+                                 // SAFETY: replaces our own mapping in place with anonymous memory of
+                                 // the same length; nothing else is mapped there.
+        unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            );
+        }
+        std::mem::forget(self);
+        Reservation { addr, len }
     }
 
-    /// Makes dropping this segment in the current process free its pages in
-    /// the file behind it (the segment owns that range alone).
-    pub fn release_pages_on_drop(mut self) -> Segment {
-        self.release_pages_in = Some(getpid());
-        self
-    }
-
-    /// True when dropping the segment here would free its pages.
-    pub fn releases_pages_here(&self) -> bool {
-        self.release_pages_in == Some(getpid())
-    }
-
-    /// Records that this segment is `block` of a results arena.
-    pub fn in_arena(mut self, block: ArenaBlock) -> Segment {
-        self.block = Some(block);
-        self
-    }
-
-    pub fn arena_block(&self) -> Option<ArenaBlock> {
-        self.block
-    }
-
-    /// Hands this segment's pages to another process: from now on this
-    /// process sees a private copy-on-write mapping of them at the same
-    /// address (so its later writes stay its own) and never frees them.
-    pub fn hand_over(&mut self, fd: &impl AsFd, offset: u64) -> Result<()> {
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| Error::os(Errno::EFBIG, "handing over a results block"))?;
+    /// For a worker's pool block about to become a result: shrinks the file
+    /// to the first `bytes` (page-rounded), turns this process's mapping of
+    /// it into a private copy-on-write one (so that its later writes stay its
+    /// own) and returns the file, to be sent to the parent. `None` for any
+    /// other segment, or a pool block without a descriptor.
+    pub fn hand_over(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
+        let Some(fd) = self.lease.as_mut().and_then(Lease::take_fd) else {
+            return Ok(None);
+        };
+        drop(self.lease.take());
+        let keep = bytes.div_ceil(page_size()) * page_size();
+        let addr = self.ptr.as_ptr() as usize;
+        let failed =
+            |what: &str| Error::os(Errno::last(), format!("{what} a result for the parent"));
+        if keep < self.len {
+            nix::unistd::ftruncate(&fd, keep as libc::off_t)
+                .map_err(|e| Error::os(e, "shrinking a result for the parent"))?;
+            // SAFETY: the tail of our own mapping, past what the array uses.
+            unsafe { unmap(addr + keep, self.len - keep) };
+            self.len = keep;
+        }
         // SAFETY: replaces our own mapping in place with one of the same
         // length over the same file range; the address stays valid.
-        let addr = unsafe {
+        let remapped = unsafe {
             libc::mmap(
-                self.ptr.as_ptr() as *mut libc::c_void,
-                self.len,
+                addr as *mut libc::c_void,
+                keep,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_FIXED,
-                fd.as_fd().as_raw_fd(),
-                off,
+                fd.as_raw_fd(),
+                0,
             )
         };
-        if addr == libc::MAP_FAILED {
-            return Err(Error::os(Errno::last(), "handing over a results block"));
+        if remapped == libc::MAP_FAILED {
+            return Err(failed("keeping a private copy of"));
         }
-        self.release_pages_in = None;
-        self.block = None;
-        Ok(())
+        self.access = Access::CopyOnWrite;
+        Ok(Some(fd))
+    }
+
+    /// True for a mapping of a worker's pool that has not been handed over.
+    pub fn is_pooled(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
     }
 
     pub fn serial(&self) -> u64 {
@@ -265,6 +321,54 @@ impl Segment {
     pub fn len(&self) -> usize {
         self.len
     }
+}
+
+/// Address space kept after `Segment::release`, unmapped when dropped.
+pub struct Reservation {
+    addr: usize,
+    len: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: the anonymous range `Segment::release` left; its array is gone.
+        unsafe { unmap(self.addr, self.len) };
+    }
+}
+
+/// The error for a failed `mmap`/`mremap`. `ENOMEM` with memory to spare is
+/// usually the kernel's limit on the number of mappings of one process
+/// (`vm.max_map_count`): every shared array and every result is a mapping of
+/// its own, so that limit is named when this process is close to it.
+pub fn mapping_error(errno: Errno, context: String) -> Error {
+    if errno == Errno::ENOMEM {
+        if let Some((count, limit)) = mapping_count() {
+            if count + 16 >= limit {
+                return Error::os(
+                    errno,
+                    format!(
+                        "{context}: this process has {count} memory mappings, the kernel's limit \
+                         (vm.max_map_count) is {limit}; each shared array, view by reference and \
+                         Numo::Parallel result is a mapping of its own: free arrays you no longer \
+                         need, or raise the limit with sysctl vm.max_map_count"
+                    ),
+                );
+            }
+        }
+    }
+    Error::os(errno, context)
+}
+
+/// This process's number of mappings and the kernel's limit on it.
+fn mapping_count() -> Option<(usize, usize)> {
+    let maps = std::fs::read("/proc/self/maps").ok()?;
+    let count = maps.iter().filter(|&&b| b == b'\n').count();
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((count, limit))
 }
 
 /// The size of the file behind `fd`, and whether it is a regular file.
@@ -316,6 +420,7 @@ pub fn page_size() -> usize {
 /// Sizes `fd` to `len` bytes and allocates every block, so that a full tmpfs
 /// or memory limit is reported now, as an exception naming the size.
 pub fn reserve(fd: &OwnedFd, len: usize, place: &str) -> Result<()> {
+    memfd::check_file_size_limit(len, &reserving(len, place))?;
     let off =
         libc::off_t::try_from(len).map_err(|_| Error::os(Errno::EFBIG, reserving(len, place)))?;
     nix::unistd::ftruncate(fd, off).map_err(|e| Error::os(e, reserving(len, place)))?;
@@ -349,29 +454,6 @@ fn reserving(bytes: usize, place: &str) -> String {
         "reserving {} of shared memory ({place})",
         human_bytes(bytes)
     )
-}
-
-/// Refuses a size larger than the machine's RAM and swap together before any
-/// page is touched: reserving it would only end in the OOM killer.
-fn check_fits_in_memory(len: usize) -> Result<()> {
-    let total = memory_total()?;
-    if (len as u64) > total {
-        return Err(Error::os(
-            Errno::ENOMEM,
-            format!(
-                "reserving {} of shared memory: more than this machine's RAM and swap ({})",
-                human_bytes(len),
-                human_bytes(total as usize)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// RAM and swap together, in bytes.
-pub fn memory_total() -> Result<u64> {
-    let info = nix::sys::sysinfo::sysinfo().map_err(|e| Error::os(e, "sysinfo"))?;
-    Ok(info.ram_total().saturating_add(info.swap_total()))
 }
 
 pub fn io_error(err: std::io::Error, context: impl Into<String>) -> Error {

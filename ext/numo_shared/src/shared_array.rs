@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::numo::{
     self, NArrayBase, NArrayData, NArrayView, Step, TypeInfo, NARRAY_DATA_T, NARRAY_VIEW_T,
 };
-use crate::segment::Segment;
+use crate::ruby_alloc;
+use crate::segment::{Reservation, Segment};
 use crate::shape;
 
 /// Our typed-data struct. `data` must stay the first field: Numo casts the
@@ -35,6 +36,11 @@ struct SharedArray {
     /// holds a pointer to it, so it lives (pointing at the same data) until
     /// the object is freed.
     retired: *mut NArrayData,
+    /// After `NArray#free`: the address range the data was mapped at, kept
+    /// (as anonymous memory) until the object is collected.
+    released: Option<Reservation>,
+    /// Set by `NArray#free`.
+    freed: bool,
 }
 
 /// `na_data_type`, the root of Numo's type tree, found at load time.
@@ -117,6 +123,11 @@ unsafe extern "C" fn free_shared(ptr: *mut c_void) {
     }
     let array = Box::from_raw(ptr as *mut SharedArray);
     free_shape(&array.data);
+    if array.segment.is_none() && !array.data.ptr.is_null() {
+        // Numo gave a released array memory of its own (its `allocate` does
+        // not look at whose struct it writes to): free it as Numo would.
+        rb_sys::ruby_xfree(array.data.ptr as *mut c_void);
+    }
     if !array.retired.is_null() {
         free_shape(&*array.retired);
         rb_sys::ruby_xfree(array.retired as *mut c_void);
@@ -200,7 +211,7 @@ pub fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value> {
     } else {
         Some(Segment::anonymous(plan.bytes)?)
     };
-    Ok(plan.wrap(klass, segment))
+    plan.wrap(klass, segment)
 }
 
 /// A checked request for an array of some class and shape: what its struct
@@ -216,19 +227,15 @@ pub struct Plan {
 pub fn plan(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Plan> {
     check_class(ruby, klass)?;
     let (dims, elements) = shape::dimensions(shape)?;
-    let fresh: Value = klass
-        .obj_alloc()
-        .map_err(|e| Error::Type(format!("{} cannot make arrays: {e}", klass.inspect())))?;
+    let fresh = fresh_array(klass)?;
     plan_from(klass, fresh, dims, elements, || shape::describe(shape))
 }
 
-/// The plan for turning `obj`, an unallocated array just made by its class's
-/// allocator (as `Marshal.load` makes them), into an array of `shape`.
-pub fn plan_for_object(obj: Value, shape: RArray) -> Result<Plan> {
-    // numo_class_of checks obj's own type, which is all check_class would.
-    let klass = obj.class();
-    let (dims, elements) = shape::dimensions(shape)?;
-    plan_from(klass, obj, dims, elements, || shape::describe(shape))
+/// An unallocated array of `klass`, made by its allocator.
+fn fresh_array(klass: RClass) -> Result<Value> {
+    klass
+        .obj_alloc()
+        .map_err(|e| Error::Type(format!("{} cannot make arrays: {e}", klass.inspect())))
 }
 
 fn plan_from(
@@ -259,7 +266,45 @@ fn plan_from(
     })
 }
 
+/// The number of elements of `dims`, or an error naming the shape.
+fn elements_of(dims: &[usize]) -> Result<usize> {
+    if dims.len() > shape::MAX_DIMENSIONS {
+        return Err(Error::Argument(format!(
+            "a shape has at most {} dimensions, got {}",
+            shape::MAX_DIMENSIONS,
+            dims.len()
+        )));
+    }
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            Error::Argument(format!(
+                "shape {dims:?} has more elements than can be addressed"
+            ))
+        })
+}
+
 impl Plan {
+    /// A plan for an array of `klass` with dimensions `dims`.
+    pub fn for_class(klass: RClass, dims: Vec<usize>) -> Result<Plan> {
+        let elements = elements_of(&dims)?;
+        let fresh = fresh_array(klass)?;
+        plan_from(klass, fresh, dims.clone(), elements, || format!("{dims:?}"))
+    }
+
+    /// The plan for turning `obj`, an unallocated array just made by its
+    /// class's allocator (as `Marshal.load` makes them), into an array of
+    /// `dims` whose Numo flags (byte order, column-major) are `flags`.
+    pub fn for_object(obj: Value, dims: Vec<usize>, flags: u8) -> Result<Plan> {
+        let elements = elements_of(&dims)?;
+        // numo_class_of checks obj's own type, which is all check_class would.
+        let mut plan = plan_from(obj.class(), obj, dims.clone(), elements, || {
+            format!("{dims:?}")
+        })?;
+        plan.template.base.flag[0] = flags;
+        Ok(plan)
+    }
+
     /// The checked dimensions.
     pub fn dims(&self) -> &[usize] {
         &self.dims
@@ -274,22 +319,21 @@ impl Plan {
     }
 
     /// A new Ruby object of `klass` over `segment`.
-    pub fn wrap(&self, klass: RClass, segment: Option<Segment>) -> Value {
+    pub fn wrap(&self, klass: RClass, segment: Option<Segment>) -> Result<Value> {
         self.wrap_at(klass, segment, 0)
     }
 
     /// A new Ruby object of `klass` whose data starts `delta` bytes into
-    /// `segment`.
-    pub fn wrap_at(&self, klass: RClass, segment: Option<Segment>, delta: usize) -> Value {
+    /// `segment`. If Ruby cannot allocate, the segment is unmapped and the
+    /// error returned.
+    pub fn wrap_at(&self, klass: RClass, segment: Option<Segment>, delta: usize) -> Result<Value> {
         let ty = shared_type_for(self.numo_type);
-        // The object exists before our struct does, so that an allocation
-        // failure here cannot leak the struct or the mapping.
-        // SAFETY: a typed-data object with a NULL pointer is never freed by us.
-        let obj =
-            unsafe { rb_sys::rb_data_typed_object_wrap(klass.as_raw(), std::ptr::null_mut(), ty) };
-        let array = self.build(segment, delta);
+        // The object and the shape buffer exist before our struct owns the
+        // segment: a failed allocation drops the segment on the way out.
+        let obj = ruby_alloc::typed_object(klass.as_raw(), ty)?;
+        let array = self.build(segment, delta)?;
         // SAFETY: obj is ours, its pointer is still NULL.
-        unsafe { install(obj, array) }
+        Ok(unsafe { install(obj, array) })
     }
 
     /// Turns `obj`, an unallocated array just made by its class's allocator
@@ -298,7 +342,7 @@ impl Plan {
     pub fn adopt(&self, obj: Value, segment: Option<Segment>, delta: usize) -> Result<Value> {
         let raw = obj.as_raw();
         let old = self.fresh_struct(raw)?;
-        let array = self.build(segment, delta);
+        let array = self.build(segment, delta)?;
         // SAFETY: old is obj's unallocated struct (checked above).
         unsafe {
             swap_struct(
@@ -327,18 +371,54 @@ impl Plan {
         let raw = obj.as_raw();
         let old = self.fresh_struct(raw)?;
         let dims = &self.dims;
-        // SAFETY: every buffer comes from ruby_xmalloc, as numo-narray's view
-        // free expects; they are all made (allocation may run the GC) before
-        // obj's struct is swapped. base stays on this stack until obj marks it.
-        unsafe {
-            let size = std::mem::size_of::<usize>() as size_t;
-            let view = rb_sys::ruby_xmalloc(std::mem::size_of::<NArrayView>() as size_t)
-                as *mut NArrayView;
-            let stridx = rb_sys::ruby_xmalloc2(dims.len().max(1) as size_t, size) as *mut usize;
-            for (i, step) in steps.iter().enumerate() {
-                *stridx.add(i) = step.encode();
+        // Every buffer comes from ruby_xmalloc, as numo-narray's view free
+        // expects; they are all made (allocation may run the GC) before
+        // obj's struct is swapped, and freed again if one cannot be made.
+        let view = ruby_alloc::xmalloc_array::<NArrayView>(1)?;
+        let stridx = match ruby_alloc::xmalloc_array::<usize>(dims.len()) {
+            Ok(stridx) => stridx,
+            Err(err) => {
+                // SAFETY: view came from xmalloc just above.
+                unsafe { rb_sys::ruby_xfree(view as *mut c_void) };
+                return Err(err);
             }
-            let shape = shape_buffer(dims);
+        };
+        let mut encoded = Vec::with_capacity(steps.len());
+        let mut shape = Ok(std::ptr::null_mut());
+        for step in steps {
+            match step.encode() {
+                Ok(word) => encoded.push(word),
+                Err(err) => {
+                    shape = Err(err);
+                    break;
+                }
+            }
+        }
+        if shape.is_ok() {
+            shape = shape_buffer(dims);
+        }
+        let shape = match shape {
+            Ok(shape) => shape,
+            Err(err) => {
+                // SAFETY: every buffer here came from xmalloc and is unused.
+                unsafe {
+                    for (word, step) in encoded.iter().zip(steps) {
+                        if matches!(step, Step::Index(_)) {
+                            rb_sys::ruby_xfree(*word as *mut c_void);
+                        }
+                    }
+                    rb_sys::ruby_xfree(stridx as *mut c_void);
+                    rb_sys::ruby_xfree(view as *mut c_void);
+                }
+                return Err(err);
+            }
+        };
+        // SAFETY: the buffers are ours and sized above; base stays on this
+        // stack until obj marks it.
+        unsafe {
+            for (i, word) in encoded.into_iter().enumerate() {
+                *stridx.add(i) = word;
+            }
             view.write(NArrayView {
                 base: NArrayBase {
                     ndim: dims.len() as u8,
@@ -351,9 +431,15 @@ impl Plan {
                 offset,
                 stridx,
             });
+            (*view).base.flag[0] = self.template.base.flag[0];
             if shape.is_null() {
                 (*view).base.shape = &mut (*view).base.size;
             }
+            // From here on obj references base, which Numo's view type
+            // marks. On Ruby >= 3.3 an object whose type had no mark
+            // function is allocated write-barrier protected: unprotect it
+            // first, or a minor GC may free base while obj still uses it.
+            rb_sys::rb_gc_writebarrier_unprotect(raw);
             swap_struct(raw, view_type, view as *mut c_void, old);
         }
         Ok(obj)
@@ -373,22 +459,32 @@ impl Plan {
         let raw = obj.as_raw();
         let old = self.fresh_struct(raw)?;
         let dims = &self.dims;
-        // SAFETY: both buffers are made before the struct is touched (an
-        // allocation may run the GC), and numo-narray frees them with xfree.
+        // Both buffers are made before the struct is touched (an allocation
+        // may run the GC), and numo-narray frees them with xfree.
+        let data = if self.bytes == 0 {
+            std::ptr::null_mut()
+        } else {
+            ruby_alloc::xmalloc(self.bytes)?
+        };
+        let shape = match shape_buffer(dims) {
+            Ok(shape) => shape,
+            Err(err) => {
+                // SAFETY: data came from xmalloc just above (or is NULL).
+                unsafe { rb_sys::ruby_xfree(data as *mut c_void) };
+                return Err(err);
+            }
+        };
+        // SAFETY: data holds self.bytes bytes; old is obj's own struct.
         unsafe {
-            let data = if self.bytes == 0 {
-                std::ptr::null_mut()
-            } else {
-                let data = rb_sys::ruby_xmalloc(self.bytes as size_t) as *mut u8;
+            if !data.is_null() {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
                 std::ptr::write_bytes(data.add(bytes.len()), 0, self.bytes - bytes.len());
-                data
-            };
-            let shape = shape_buffer(dims);
+            }
             free_shape(&*old);
             let na = &mut *old;
             na.base.ndim = dims.len() as u8;
             na.base.size = dims.iter().product();
+            na.base.flag[0] = self.template.base.flag[0];
             na.base.shape = if shape.is_null() {
                 &mut na.base.size
             } else {
@@ -417,13 +513,18 @@ impl Plan {
         ))
     }
 
-    fn build(&self, segment: Option<Segment>, delta: usize) -> Box<SharedArray> {
+    /// Our struct for this plan over `segment`; the shape buffer (the only
+    /// Ruby allocation) is made first.
+    fn build(&self, segment: Option<Segment>, delta: usize) -> Result<Box<SharedArray>> {
+        let dims = &self.dims;
+        let shape = shape_buffer(dims)?;
         let mut array = Box::new(SharedArray {
             data: self.template,
             segment,
             retired: std::ptr::null_mut(),
+            released: None,
+            freed: false,
         });
-        let dims = &self.dims;
         array.data.ptr = match array.segment.as_mut() {
             // SAFETY: callers pass a delta inside the segment.
             Some(segment) => unsafe { segment.as_mut_ptr().add(delta) },
@@ -432,31 +533,27 @@ impl Plan {
         array.data.owned = true;
         array.data.base.ndim = dims.len() as u8;
         array.data.base.size = dims.iter().product();
-        // SAFETY: the buffer (if any) goes straight into the struct.
-        let shape = unsafe { shape_buffer(dims) };
         array.data.base.shape = if shape.is_null() {
             &mut array.data.base.size as *mut usize
         } else {
             shape
         };
-        array
+        Ok(array)
     }
 }
 
 /// The shape buffer numo-narray keeps for `dims`: a copy from `ruby_xmalloc`
 /// for two or more dimensions (Numo frees it), or null for fewer, whose
-/// shape points at the struct's own `size` field.
-///
-/// # Safety
-/// May allocate (and so run the GC); the buffer must end up in a struct.
-unsafe fn shape_buffer(dims: &[usize]) -> *mut usize {
+/// shape points at the struct's own `size` field. The buffer must end up in
+/// a struct (or be freed).
+fn shape_buffer(dims: &[usize]) -> Result<*mut usize> {
     if dims.len() <= 1 {
-        return std::ptr::null_mut();
+        return Ok(std::ptr::null_mut());
     }
-    let buf = rb_sys::ruby_xmalloc2(dims.len() as size_t, std::mem::size_of::<usize>() as size_t)
-        as *mut usize;
-    std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len());
-    buf
+    let buf = ruby_alloc::xmalloc_array::<usize>(dims.len())?;
+    // SAFETY: buf holds dims.len() words.
+    unsafe { std::ptr::copy_nonoverlapping(dims.as_ptr(), buf, dims.len()) };
+    Ok(buf)
 }
 
 /// Gives `obj` the data type `ty` and the struct `data`, and frees `old`, the
@@ -503,16 +600,23 @@ fn check_class(ruby: &Ruby, klass: RClass) -> Result<()> {
     Ok(())
 }
 
+/// True for Numo arrays (any class, views included).
+///
+/// # Safety
+/// `raw` must be a live object.
+pub unsafe fn is_narray(raw: VALUE) -> bool {
+    numo::is_typed_data(raw)
+        && !narray_type().is_null()
+        && rb_sys::rb_typeddata_is_kind_of(raw, narray_type()) != 0
+}
+
 /// The `SharedArray` behind `obj` or behind the array a view of `obj` looks
 /// into; `None` if neither is a shared array.
 fn shared_base(obj: Value) -> Option<(VALUE, *mut SharedArray)> {
     let mut raw = obj.as_raw();
     // SAFETY: each step checks the object's type before reading its struct.
     unsafe {
-        if !numo::is_typed_data(raw) || narray_type().is_null() {
-            return None;
-        }
-        if rb_sys::rb_typeddata_is_kind_of(raw, narray_type()) == 0 {
+        if !is_narray(raw) {
             return None;
         }
         let na = numo::data_ptr_of(raw) as *const NArrayView;
@@ -533,40 +637,64 @@ fn shared_base(obj: Value) -> Option<(VALUE, *mut SharedArray)> {
     }
 }
 
-/// `NArray#shared?`.
+/// The segment behind `obj` (itself or the array it views), if any.
+fn segment_behind<'a>(obj: Value) -> Option<(VALUE, &'a mut SharedArray)> {
+    let (raw, ptr) = shared_base(obj)?;
+    // SAFETY: ptr is our live struct, kept alive by obj.
+    Some((raw, unsafe { &mut *ptr }))
+}
+
+/// `NArray#shared?`: true while `obj` (or the array it views) has shared
+/// memory; false for ordinary arrays and after `free`.
 pub fn is_shared(obj: Value) -> bool {
-    shared_base(obj).is_some()
+    segment_behind(obj).is_some_and(|(_, array)| !array.freed)
 }
 
-/// Bytes of shared memory behind `obj` (or behind the array it views), as
-/// mapped in this process; 0 for other arrays and released ones.
-pub fn mapped_bytes(obj: Value) -> usize {
-    shared_base(obj)
-        .and_then(|(_, ptr)| unsafe { (*ptr).segment.as_ref().map(Segment::len) })
-        .unwrap_or(0)
+/// True for our own arrays, released or not: Numo must not re-initialize or
+/// allocate into them.
+pub fn is_ours(obj: Value) -> bool {
+    let raw = obj.as_raw();
+    // SAFETY: each step checks the object's type before reading its struct.
+    unsafe { is_narray(raw) && is_shared_type(numo::data_type_of(raw)) }
 }
 
-/// `NArray#free` on a shared array: unmaps it in this process now and
-/// freezes the array, so that later reads raise and writes cannot silently
-/// move it to private memory. Views of it raise on access from then on.
+/// `Numo::Shared.mapped_bytes(array)`: bytes of shared memory behind `obj`
+/// (or behind the array it views), as mapped in this process; 0 for other
+/// arrays and released ones.
+pub fn mapped_bytes(obj: Value) -> Result<usize> {
+    // SAFETY: obj is a live object.
+    if !unsafe { is_narray(obj.as_raw()) } {
+        return Err(Error::Type(format!(
+            "no implicit conversion of {} into Numo::NArray",
+            // SAFETY: obj is a live object.
+            unsafe { obj.classname() }
+        )));
+    }
+    Ok(segment_behind(obj)
+        .and_then(|(_, array)| array.segment.as_ref().map(Segment::len))
+        .unwrap_or(0))
+}
+
+/// `NArray#free` on a shared array: gives up its memory in this process now
+/// (the caller then freezes the array, so that later reads raise and writes
+/// cannot silently move it to private memory). The address range is kept (as
+/// anonymous memory, read as zeros) until the object is collected, so that
+/// a Numo loop still running over it (`a.each { a.free }`) cannot fault.
 /// Returns false when `obj` is not itself a shared array (a view, or an
 /// ordinary array), for Numo's own `free` to handle.
 pub fn release(obj: Value) -> bool {
-    let Some((raw, ptr)) = shared_base(obj) else {
+    let Some((raw, array)) = segment_behind(obj) else {
         return false;
     };
     if raw != obj.as_raw() {
         return false;
     }
-    // SAFETY: ptr is our live struct; Numo re-reads ptr on every access.
-    unsafe {
-        let array = &mut *ptr;
-        array.data.ptr = std::ptr::null_mut();
-        if let Some(segment) = array.segment.take() {
-            rb_sys::rb_gc_adjust_memory_usage(-(segment.len() as isize) as _);
-            drop(segment);
-        }
-        rb_sys::rb_obj_freeze(raw);
+    array.data.ptr = std::ptr::null_mut();
+    array.freed = true;
+    if let Some(segment) = array.segment.take() {
+        // SAFETY: reports memory this object no longer holds.
+        unsafe { rb_sys::rb_gc_adjust_memory_usage(-(segment.len() as isize) as _) };
+        array.released = Some(segment.release());
     }
     true
 }
@@ -581,35 +709,29 @@ pub fn release(obj: Value) -> bool {
 /// kept (pointing at the shared data) until the object is freed.
 pub fn adopt_allocating(
     obj: Value,
-    make_segment: impl FnOnce(usize) -> Result<Option<Segment>>,
+    make_segment: impl FnOnce(usize) -> Option<Segment>,
 ) -> Result<bool> {
     let raw = obj.as_raw();
-    let klass = obj.class();
     // SAFETY: each step checks the object's type before reading its struct.
     unsafe {
-        if !numo::is_typed_data(raw)
-            || narray_type().is_null()
-            || rb_sys::rb_typeddata_is_kind_of(raw, narray_type()) == 0
-            || is_shared_type(numo::data_type_of(raw))
-        {
+        if !is_narray(raw) || is_shared_type(numo::data_type_of(raw)) {
             return Ok(false);
         }
         let old = numo::data_ptr_of(raw) as *mut NArrayData;
         if old.is_null() || (*old).base.kind != NARRAY_DATA_T || !(*old).ptr.is_null() {
             return Ok(false);
         }
-        let Ok(class) = numo_class_of(klass, obj) else {
-            return Ok(false);
-        };
-        let Some(bytes) = numo::data_bytes(&*class.info, (*old).base.size) else {
+        let ty = numo::data_type_of(raw);
+        if (*ty).function.dmark.is_some() || (*ty).data.is_null() {
+            return Ok(false); // Numo::RObject: Ruby references stay in Ruby's heap
+        }
+        let info = (*ty).data as *const TypeInfo;
+        let Some(bytes) = numo::data_bytes(&*info, (*old).base.size) else {
             return Ok(false);
         };
         if bytes == 0 {
             return Ok(false);
         }
-        let Some(segment) = make_segment(bytes)? else {
-            return Ok(false);
-        };
         let base = &(*old).base;
         let dims = if base.ndim == 0 {
             Vec::new()
@@ -617,54 +739,122 @@ pub fn adopt_allocating(
             std::slice::from_raw_parts(base.shape, base.ndim as usize).to_vec()
         };
         let plan = Plan {
-            numo_type: class.numo_type,
+            numo_type: ty,
             template: *old,
             dims,
             bytes,
         };
-        let mut array = plan.build(Some(segment), 0);
+        let Some(segment) = make_segment(bytes) else {
+            return Ok(false);
+        };
+        let mut array = plan.build(Some(segment), 0)?;
         (*old).ptr = array.data.ptr;
         (*old).owned = true;
         array.retired = old;
-        (*(raw as *mut rb_sys::RTypedData)).type_ = shared_type_for(class.numo_type);
+        (*(raw as *mut rb_sys::RTypedData)).type_ = shared_type_for(ty);
         numo::set_data_ptr(raw, std::ptr::null_mut());
         install(raw, array);
         Ok(true)
     }
 }
 
-/// The segment of `obj` when `obj` is itself a shared array (not a view).
-pub fn own_segment<'a>(obj: Value) -> Option<&'a mut Segment> {
-    let (raw, ptr) = shared_base(obj)?;
+/// In a worker: if `obj` itself is an array in this worker's pool, hands its
+/// memory over for the parent (see `Segment::hand_over`) and returns the
+/// file to send; `None` for any other array.
+pub fn hand_over(obj: Value, bytes: usize) -> Result<Option<std::os::fd::OwnedFd>> {
+    let Some((raw, array)) = segment_behind(obj) else {
+        return Ok(None);
+    };
+    if raw != obj.as_raw() {
+        return Ok(None);
+    }
+    match array.segment.as_mut() {
+        Some(segment) if segment.is_pooled() => segment.hand_over(bytes),
+        _ => Ok(None),
+    }
+}
+
+/// What `export` needs to know of an array: its shape, the bytes of its
+/// elements, its element size (`None` for Numo::Bit) and Numo's first flag
+/// byte. `None` for arrays of classes that hold Ruby objects, and for data
+/// arrays with no memory yet (Numo raises on reading those).
+pub struct ArrayFacts {
+    pub shape: Vec<usize>,
+    pub bytes: usize,
+    pub element_bytes: Option<usize>,
+    pub flags: u8,
+}
+
+pub fn export_facts(obj: Value) -> Option<ArrayFacts> {
+    let raw = obj.as_raw();
+    // SAFETY: each step checks the object's type before reading its struct.
+    unsafe {
+        if !is_narray(raw) {
+            return None;
+        }
+        let na = numo::data_ptr_of(raw) as *const NArrayData;
+        if na.is_null() {
+            return None;
+        }
+        let base = &(*na).base;
+        // A view's type is numo-narray's view type for every class: the
+        // element description is on the type of the array it looks into.
+        let elements_of = if base.kind == NARRAY_VIEW_T {
+            (*(na as *const NArrayView)).data
+        } else {
+            raw
+        };
+        if !is_narray(elements_of) {
+            return None;
+        }
+        let ty = numo::data_type_of(elements_of);
+        if (*ty).data.is_null() || (*ty).function.dmark.is_some() {
+            return None; // Numo::RObject: Ruby references, not bytes
+        }
+        if base.kind == NARRAY_DATA_T && (*na).ptr.is_null() && base.size > 0 {
+            return None;
+        }
+        let info = &*((*ty).data as *const TypeInfo);
+        let shape = if base.ndim == 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(base.shape, base.ndim as usize).to_vec()
+        };
+        Some(ArrayFacts {
+            bytes: numo::data_bytes(info, base.size)?,
+            element_bytes: (!info.packs_bits()).then_some(info.element_bytes as usize),
+            flags: base.flag[0],
+            shape,
+        })
+    }
+}
+
+/// Where a shared array (not a view) starts in its segment.
+pub struct Location {
+    pub serial: u64,
+    pub creator: i32,
+    pub offset: usize,
+    /// Whether its memory is shared and writable (not read-only, not
+    /// copy-on-write), so that another process's mapping holds its values.
+    pub shareable: bool,
+}
+
+/// `obj`'s location, when `obj` is itself a shared array with memory.
+pub fn location(obj: Value) -> Option<Location> {
+    let (raw, array) = segment_behind(obj)?;
     if raw != obj.as_raw() {
         return None;
     }
-    // SAFETY: ptr is our live struct, kept alive by obj.
-    unsafe { (*ptr).segment.as_mut() }
-}
-
-/// Where `obj` (a shared array or a view of one) starts in its segment:
-/// `(segment serial, creating pid, byte offset)`. The caller checks that
-/// a view is contiguous. `None` for a view of a `Numo::Bit` array, whose
-/// offset counts bits and so has no byte offset in general.
-pub fn location(obj: Value) -> Option<(u64, i32, usize)> {
-    let (raw, ptr) = shared_base(obj)?;
-    // SAFETY: ptr is our live struct; a view's struct is read only when
-    // obj is not the base (then it is a Numo view).
-    unsafe {
-        let array = &mut *ptr;
-        let segment = array.segment.as_mut()?;
-        let mut offset = array.data.ptr.offset_from(segment.as_mut_ptr()) as usize;
-        if raw != obj.as_raw() {
-            let info = (*numo::data_type_of(raw)).data as *const TypeInfo;
-            if (*info).packs_bits() {
-                return None;
-            }
-            let view = numo::data_ptr_of(obj.as_raw()) as *const NArrayView;
-            offset += (*view).offset;
-        }
-        Some((segment.serial(), segment.creator_pid(), offset))
-    }
+    let data = array.data.ptr;
+    let segment = array.segment.as_mut()?;
+    // SAFETY: data points into the segment.
+    let offset = unsafe { data.offset_from(segment.as_mut_ptr()) } as usize;
+    Some(Location {
+        serial: segment.serial(),
+        creator: segment.creator_pid(),
+        offset,
+        shareable: segment.access().is_shared_writable() && !segment.is_pooled(),
+    })
 }
 
 /// The data of `obj` when it is a Numo data array (not a view) of a class
@@ -674,10 +864,7 @@ pub fn data_bytes_of<'a>(obj: Value) -> Option<&'a [u8]> {
     // SAFETY: each step checks the object's type before reading its struct;
     // the slice is read before any Ruby code runs.
     unsafe {
-        if !numo::is_typed_data(raw)
-            || narray_type().is_null()
-            || rb_sys::rb_typeddata_is_kind_of(raw, narray_type()) == 0
-        {
+        if !is_narray(raw) {
             return None;
         }
         let na = numo::data_ptr_of(raw) as *const NArrayData;
@@ -699,6 +886,7 @@ pub fn data_bytes_of<'a>(obj: Value) -> Option<&'a [u8]> {
 pub struct ViewOf {
     pub serial: u64,
     pub creator: i32,
+    pub shareable: bool,
     /// Where the viewed array's data starts in its segment, and its size.
     pub data_offset: usize,
     pub data_bytes: usize,
@@ -710,18 +898,18 @@ pub struct ViewOf {
 /// `obj` read as a view of a shared array; `None` when `obj` is not a view,
 /// looks into an ordinary array or a released one, or has no dimensions.
 pub fn view_of(obj: Value) -> Option<ViewOf> {
-    let (raw, ptr) = shared_base(obj)?;
+    let (raw, array) = segment_behind(obj)?;
     if raw == obj.as_raw() {
         return None;
     }
-    // SAFETY: ptr is our live struct; obj is a Numo view (shared_base read
-    // its type tag), whose shape and stridx have ndim entries.
+    // SAFETY: obj is a Numo view (shared_base read its type tag), whose
+    // shape and stridx have ndim entries.
     unsafe {
-        let array = &mut *ptr;
         let info = (*numo::data_type_of(raw)).data as *const TypeInfo;
         let data_bytes = numo::data_bytes(&*info, array.data.base.size)?;
+        let data = array.data.ptr;
         let segment = array.segment.as_mut()?;
-        let data_offset = array.data.ptr.offset_from(segment.as_mut_ptr()) as usize;
+        let data_offset = data.offset_from(segment.as_mut_ptr()) as usize;
         let view = &*(numo::data_ptr_of(obj.as_raw()) as *const NArrayView);
         let ndim = view.base.ndim as usize;
         if ndim == 0 || view.stridx.is_null() || view.base.shape.is_null() {
@@ -736,6 +924,7 @@ pub fn view_of(obj: Value) -> Option<ViewOf> {
         Some(ViewOf {
             serial: segment.serial(),
             creator: segment.creator_pid(),
+            shareable: segment.access().is_shared_writable() && !segment.is_pooled(),
             data_offset,
             data_bytes,
             offset: view.offset,
@@ -747,11 +936,10 @@ pub fn view_of(obj: Value) -> Option<ViewOf> {
 /// `NArray#flush`: writes the changes of a mapped file (or the file behind
 /// the array a view looks into) to disk. False for ordinary arrays.
 pub fn flush(obj: Value) -> Result<bool> {
-    let Some((_, ptr)) = shared_base(obj) else {
+    let Some((_, array)) = segment_behind(obj) else {
         return Ok(false);
     };
-    // SAFETY: ptr is our live struct, kept alive by obj.
-    if let Some(segment) = unsafe { (*ptr).segment.as_ref() } {
+    if let Some(segment) = array.segment.as_ref() {
         segment.flush()?;
     }
     Ok(true)

@@ -7,27 +7,34 @@
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use magnus::{prelude::*, rb_sys::AsRawValue, RArray, RString, Ruby, Value};
+use magnus::{prelude::*, rb_sys::AsRawValue, Value};
 use rb_sys::rb_data_type_t;
 
 use crate::error::{Error, Result};
 use crate::numo::{self, Step, NARRAY_VIEW_T};
 use crate::segment::Segment;
-use crate::shared_array::{self, narray_type};
-
-/// What `Numo::Shared::Native.view_location` returns: `[serial, creator pid,
-/// data offset, data bytes, view offset, index mask, strides, index tables]`.
-/// Bit `d` of the mask marks dimension `d` as one whose offsets are in the
-/// index tables (native `size_t`s, one table after another); its stride is 0.
-pub type Location = (u64, i32, usize, usize, usize, u64, Vec<isize>, RString);
+use crate::shared_array::{narray_type, Plan, ViewOf};
 
 /// numo-narray's `na_data_type_view`, found on first use.
 static VIEW_TYPE: AtomicPtr<rb_data_type_t> = AtomicPtr::new(std::ptr::null_mut());
 
-/// `Numo::Shared::Native.view_location(array)` in a worker: the geometry of
-/// `array` if it is a view of a shared array, or nil.
-pub fn location(ruby: &Ruby, obj: Value) -> Option<Location> {
-    let view = shared_array::view_of(obj)?;
+/// Where a view looks: the live segment `serial` of the parent, the
+/// `data_bytes` bytes at `data_offset` in it that the viewed array holds,
+/// the view's offset into them, and per dimension a stride, or (for the
+/// dimensions whose bit is set in `index_mask`) an index table. Offsets and
+/// strides count bytes, or bits for `Numo::Bit`.
+pub struct Geometry {
+    pub serial: u64,
+    pub data_offset: usize,
+    pub data_bytes: usize,
+    pub offset: usize,
+    pub index_mask: u64,
+    pub strides: Vec<isize>,
+}
+
+/// In a worker: the geometry of `view` and its index tables, packed (native
+/// `size_t`s, one table after another).
+pub fn geometry_of(view: &ViewOf) -> (Geometry, Vec<u8>) {
     let mut mask = 0u64;
     let mut strides = Vec::with_capacity(view.steps.len());
     let mut tables = Vec::new();
@@ -41,44 +48,30 @@ pub fn location(ruby: &Ruby, obj: Value) -> Option<Location> {
             }
         }
     }
-    Some((
-        view.serial,
-        view.creator,
-        view.data_offset,
-        view.data_bytes,
-        view.offset,
-        mask,
+    let geometry = Geometry {
+        serial: view.serial,
+        data_offset: view.data_offset,
+        data_bytes: view.data_bytes,
+        offset: view.offset,
+        index_mask: mask,
         strides,
-        ruby.str_from_slice(&tables),
-    ))
+    };
+    (geometry, tables)
 }
 
-/// Where a view looks, as `claim_view` gets it from a worker's handle:
-/// `[serial, data offset, data bytes, view offset, index mask, strides]`
-/// (see `Location`).
-pub type Geometry = (u64, usize, usize, usize, u64, Vec<isize>);
-
-/// `Numo::Shared::Native.claim_view(array, shape, geometry, tables)` in the
-/// parent: makes `array` (just allocated by `Marshal.load`) a view with that
-/// geometry of the `data_bytes` bytes at `data_offset` of its live segment
-/// `serial`, mapped again.
-pub fn claim(
-    ruby: &Ruby,
-    obj: Value,
-    shape: RArray,
-    geometry: Geometry,
-    tables: RString,
-) -> Result<Value> {
-    let (serial, data_offset, data_bytes, offset, mask, strides) = geometry;
-    let plan = shared_array::plan_for_object(obj, shape)?;
+/// In the parent: makes `obj` (just allocated by `Marshal.load`, of `plan`'s
+/// class and shape) a view with that geometry of the array it looks into,
+/// mapped again. The geometry is checked to stay inside that array first.
+pub fn claim(plan: &Plan, obj: Value, geometry: &Geometry, tables: &[u8]) -> Result<Value> {
     if plan.bytes == 0 {
         return plan.adopt(obj, None, 0);
     }
+    let data_bytes = geometry.data_bytes;
     let klass = obj.class();
     // Offsets count bytes, or bits for Numo::Bit; the viewed array is made
     // one-dimensional with as many elements as its data holds.
     let (unit, elements) = match plan.element_bytes() {
-        Some(size) if data_bytes.is_multiple_of(size) => (size, data_bytes / size),
+        Some(size) if data_bytes.checked_rem(size) == Some(0) => (size, data_bytes / size),
         Some(size) => {
             return Err(Error::Argument(format!(
                 "a view's array of {data_bytes} bytes does not hold whole elements of {size} bytes"
@@ -93,8 +86,8 @@ pub fn claim(
     };
     // Offsets of the first and last element, in the units above.
     let limit = (elements * unit) as i128;
-    let steps = steps(plan.dims(), mask, &strides, tables)?;
-    let (mut low, mut high) = (offset as i128, offset as i128);
+    let steps = steps(plan.dims(), geometry.index_mask, &geometry.strides, tables)?;
+    let (mut low, mut high) = (geometry.offset as i128, geometry.offset as i128);
     for (step, &len) in steps.iter().zip(plan.dims()) {
         let (down, up) = step.reach(len);
         low += down;
@@ -103,18 +96,18 @@ pub fn claim(
     if low < 0 || high + unit as i128 > limit {
         return Err(outside(data_bytes));
     }
-    let base_plan = shared_array::plan(ruby, klass, RArray::from_vec(vec![elements]))?;
+    let base_plan = Plan::for_class(klass, vec![elements])?;
     if base_plan.bytes != data_bytes {
         return Err(outside(data_bytes));
     }
-    let (segment, delta) = Segment::duplicate(serial, data_offset, data_bytes)?;
-    let base = base_plan.wrap_at(klass, Some(segment), delta);
-    plan.adopt_view(obj, view_type(base)?, base, offset, &steps)
+    let (segment, delta) = Segment::duplicate(geometry.serial, geometry.data_offset, data_bytes)?;
+    let base = base_plan.wrap_at(klass, Some(segment), delta)?;
+    plan.adopt_view(obj, view_type(base)?, base, geometry.offset, &steps)
 }
 
 /// One `Step` per dimension from the strides, or for the dimensions in
 /// `mask`, from the packed index tables.
-fn steps(dims: &[usize], mask: u64, strides: &[isize], tables: RString) -> Result<Vec<Step>> {
+fn steps(dims: &[usize], mask: u64, strides: &[isize], packed: &[u8]) -> Result<Vec<Step>> {
     if strides.len() != dims.len() {
         return Err(Error::Argument(format!(
             "a view of {} dimensions came with {} strides",
@@ -128,8 +121,6 @@ fn steps(dims: &[usize], mask: u64, strides: &[isize], tables: RString) -> Resul
             dims.len()
         )));
     }
-    // SAFETY: the bytes are copied out before any Ruby code runs.
-    let packed = unsafe { tables.as_slice() }.to_vec();
     let mut words = packed.chunks_exact(std::mem::size_of::<usize>());
     let mut steps = Vec::with_capacity(dims.len());
     for (dim, (&stride, &len)) in strides.iter().zip(dims).enumerate() {

@@ -70,18 +70,27 @@ module Numo
 
     # Guards that keep Numo from freeing, replacing or resizing the mapped
     # memory of a shared array.
+    # @api private
     module SharedGuards
       # Numo's +free+ would +xfree+ the mapped pointer. For a shared array,
-      # +free+ unmaps it in this process now and freezes the array: reading it
-      # (or a view of it) raises afterwards, and other processes keep theirs.
+      # +free+ gives up its memory in this process now (other processes keep
+      # theirs) and freezes the array; from then on every method that reads or
+      # writes its data raises, saying that it was freed, and +shared?+ is
+      # false. Views of it made before raise Numo's own error
+      # ("cannot read unallocated NArray").
       #
       # @return [self]
       # @example
       #   a = Numo::DFloat.new_shared(1_000_000)
       #   a.free
       #   a.frozen? # => true
+      #   a.shared? # => false
       def free
-        return self if Numo::Shared::Native.release(self)
+        if Numo::Shared::Native.ours?(self) && !frozen?
+          extend(Numo::Shared::FreedArray.for(self.class))
+          Numo::Shared::Native.release(self)
+          return freeze
+        end
         return self if shared? # a view: Numo ignores free on views too
 
         super
@@ -107,24 +116,23 @@ module Numo
         bytes
       end
 
-      # Inside a worker of Numo::Parallel, while its result is sent to the
+      # Inside a Numo::Parallel worker, while its result is sent to the
       # parent, only a handle to the array's data in shared memory is
       # marshaled. Everywhere else: Numo's full data, as always.
       # @!visibility private
       def marshal_dump
-        arena = Numo::Parallel.exporting_to
-        (arena && Numo::Parallel::ResultHandle.dump(self, arena)) || super
+        Numo::Shared::Native.export(self) || super
       end
 
-      # Turns a handle from a Numo::Parallel worker into the shared array it
-      # names. A shared array's size is fixed by its mapping, so loading other
+      # Turns a handle from a Numo::Parallel worker into the array it names.
+      # A shared array's size is fixed by its mapping, so loading other
       # marshal data into one (which re-initializes the shape) is refused.
       # @!visibility private
       def marshal_load(data)
-        return Numo::Parallel::ResultHandle.load(self, data) if Numo::Parallel::ResultHandle.handle?(data)
-        raise FrozenError.new("cannot re-initialize a shared array with marshal data", receiver: self) if shared?
-
-        super
+        Numo::Shared::Native.load_handle(self, data) || begin
+          refuse_reinitializing("marshal data")
+          super
+        end
       end
 
       private
@@ -143,25 +151,66 @@ module Numo
       # Re-running +initialize+ on a shared array would change its size
       # without changing its mapping; refused.
       def initialize(*args)
-        raise FrozenError.new("cannot re-initialize a shared array", receiver: self) if shared?
-
+        refuse_reinitializing
         super
+      end
+
+      # +initialize_copy+ (and so +initialize_dup+ and +initialize_clone+,
+      # which call it) would re-shape a shared array over a mapping of the
+      # old size; refused. +dup+ and +clone+ of a shared array call it on
+      # the new, ordinary array, and work.
+      def initialize_copy(other)
+        refuse_reinitializing
+        super
+      end
+
+      def refuse_reinitializing(with = nil)
+        return unless Numo::Shared::Native.ours?(self)
+
+        raise FrozenError.new(["cannot re-initialize a shared array", with].compact.join(" with "), receiver: self)
       end
     end
     prepend SharedGuards
+  end
 
-    # Numo's +allocate+ gives an array its data memory on first write. Inside
-    # a Numo::Parallel worker, large arrays get it from the parent's results
-    # arena instead, so that returning them copies nothing. Each numeric class
-    # defines its own +allocate+, so this is prepended to each of them.
-    module ArenaAllocation
-      # @!visibility private
-      def allocate
-        arena = Numo::Parallel.worker_arena
-        return super if arena.nil? || byte_size < Numo::Parallel::OWN_MAPPING_BYTES
+  module Shared
+    # What a shared array becomes after NArray#free: every method of its
+    # class that would read or write its data raises, saying so. (Numo itself
+    # would say "cannot read unallocated NArray", or allocate new memory into
+    # a struct that is not its own.)
+    # @api private
+    module FreedArray
+      # Methods that still answer: they do not touch the data.
+      KEEP = %i[free shared? shape ndim size length empty? frozen? byte_size inspect].freeze
 
-        arena.allocate(self) ? self : super
+      @modules = {}
+      @lock = Mutex.new
+
+      # The module to extend a freed array of +klass+ with (one per class).
+      def self.for(klass)
+        @lock.synchronize { @modules[klass] ||= build(klass) }
       end
+
+      # Public methods of +klass+ and its Numo ancestors, but those in KEEP.
+      def self.data_methods(klass)
+        klass.ancestors.take_while { |m| m != Object }.flat_map { |m| m.public_instance_methods(false) }.uniq - KEEP
+      end
+
+      def self.build(klass)
+        names = data_methods(klass)
+        Module.new do
+          names.each do |name|
+            define_method(name) do |*|
+              raise "this shared #{self.class} was freed (NArray#free): it has no data any more"
+            end
+          end
+          define_method(:allocate) do
+            raise FrozenError.new("cannot allocate memory for a freed shared array", receiver: self)
+          end
+          define_method(:inspect) { "#<#{self.class} #{shape.inspect} (freed shared array)>" }
+        end
+      end
+      private_class_method :build, :data_methods
     end
   end
 end

@@ -1,0 +1,102 @@
+//! Anonymous memory files (`memfd_create`) and the limits checked before one
+//! is sized: the process's file size limit (`ulimit -f`, which would otherwise
+//! kill it with SIGXFSZ), the memory the machine has available, and whether
+//! the kernel charges shared memory page by page (strict overcommit).
+
+use std::ffi::CStr;
+use std::os::fd::OwnedFd;
+use std::sync::OnceLock;
+
+use nix::errno::Errno;
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+use nix::sys::resource::{getrlimit, Resource};
+
+use crate::error::{Error, Result};
+use crate::segment::human_bytes;
+
+/// Requests at least this large are checked against `MemAvailable`
+/// (reading /proc/meminfo costs more than making a small array).
+const CHECK_AVAILABLE_FROM: usize = 1 << 20;
+
+/// A new memfd named `name`, `len` bytes long (sparse: no page is taken yet).
+pub fn create(name: &CStr, len: usize, what: &str) -> Result<OwnedFd> {
+    check_file_size_limit(len, &format!("creating {} of {what}", human_bytes(len)))?;
+    let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
+        .map_err(|e| Error::os(e, format!("memfd_create for {what}")))?;
+    let size = libc::off_t::try_from(len).map_err(|_| {
+        Error::os(
+            Errno::EFBIG,
+            format!("sizing {} of {what}", human_bytes(len)),
+        )
+    })?;
+    nix::unistd::ftruncate(&fd, size)
+        .map_err(|e| Error::os(e, format!("sizing {} of {what}", human_bytes(len))))?;
+    Ok(fd)
+}
+
+/// The largest file this process may make (`RLIMIT_FSIZE`), if limited.
+pub fn file_size_limit() -> Option<u64> {
+    let (soft, _) = getrlimit(Resource::RLIMIT_FSIZE).ok()?;
+    (soft != libc::RLIM_INFINITY).then_some(soft)
+}
+
+/// `Errno::EFBIG` naming the limit when `len` bytes exceed the file size
+/// limit: growing a file past it would kill the process with SIGXFSZ.
+pub fn check_file_size_limit(len: usize, context: &str) -> Result<()> {
+    match file_size_limit() {
+        Some(limit) if len as u64 > limit => Err(Error::os(
+            Errno::EFBIG,
+            format!(
+                "{context}: larger than this process's file size limit (ulimit -f) of {}",
+                human_bytes(limit as usize)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// True when the kernel refuses to overcommit (`vm.overcommit_memory = 2`):
+/// then a page of a sparse memfd that cannot be charged is SIGBUS on first
+/// write, so such memory must be reserved (`posix_fallocate`) up front.
+pub fn strict_overcommit() -> bool {
+    static STRICT: OnceLock<bool> = OnceLock::new();
+    *STRICT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/overcommit_memory")
+            .map(|mode| mode.trim() == "2")
+            .unwrap_or(false)
+    })
+}
+
+/// `Errno::ENOMEM` when `len` bytes are more than the machine has available
+/// (`MemAvailable` plus free swap), before any page is touched: such a
+/// request could only end in the OOM killer.
+pub fn check_available(len: usize, what: &str) -> Result<()> {
+    if len < CHECK_AVAILABLE_FROM {
+        return Ok(());
+    }
+    let Some(available) = available_bytes() else {
+        return Ok(());
+    };
+    if len as u64 > available {
+        return Err(Error::os(
+            Errno::ENOMEM,
+            format!(
+                "creating {} of {what}: more than this machine has available ({} of memory and free swap)",
+                human_bytes(len),
+                human_bytes(available as usize)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `MemAvailable + SwapFree` from /proc/meminfo, in bytes.
+fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+}
