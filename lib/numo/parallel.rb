@@ -76,11 +76,7 @@ module Numo
 
         items = source.respond_to?(:to_ary) ? source.to_ary : source.to_a
         out = type.new_shared(items.size, *shape)
-        row_shape = Array(shape)
-        ::Parallel.each_with_index(items, options) do |item, index|
-          out[index, *Array.new(row_shape.size, true)] = stack_row(block.call(item), type, row_shape, item, index)
-          nil
-        end
+        ::Parallel.each_with_index(items, options, &stack_block(out, block, type, Array(shape), Process.pid))
         out
       end
 
@@ -121,6 +117,21 @@ module Numo
           result = block.call(*item)
           arena.expect_exports(result) if returns
           result
+        end
+      end
+
+      # The block each worker of +stack+ runs: computes the row (in pooled
+      # memory) and stores it into row +index+ of +out+, whose pages it maps
+      # all at once first.
+      def stack_block(out, block, type, row_shape, parent_pid)
+        row_bytes = out.byte_size / [out.shape.first, 1].max
+        all = Array.new(row_shape.size, true)
+        lambda do |item, index|
+          install_worker_allocation if Numo::Shared::Native.activate_pool(parent_pid)
+          row = stack_row(block.call(item), type, row_shape, item, index)
+          Numo::Shared::Native.populate(out, index * row_bytes, row_bytes)
+          out[index, *all] = row
+          nil
         end
       end
 

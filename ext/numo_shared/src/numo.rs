@@ -128,6 +128,10 @@ impl TypeInfo {
     }
 }
 
+/// `NA_FL0_BIG_ENDIAN` in the first flag byte: set on arrays whose data is
+/// in the other byte order than the host's (`hton` on a little-endian host).
+pub const FLAG_BYTE_SWAPPED: u8 = if cfg!(target_endian = "little") { 1 } else { 0 };
+
 /// `NARRAY_DATA_T` and `NARRAY_VIEW_T` from `numo/narray.h`.
 pub const NARRAY_DATA_T: u8 = 1;
 pub const NARRAY_VIEW_T: u8 = 2;

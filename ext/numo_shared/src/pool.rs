@@ -140,6 +140,18 @@ pub fn activate() {
     }
 }
 
+/// `Numo::Shared::Native.activate_pool(parent_pid)`: in a process other
+/// than `parent_pid` (a worker of `Numo::Parallel.stack`), activates the
+/// pool; true the first time (the caller then installs the allocation hook).
+pub fn activate_in_child(parent_pid: i32) -> bool {
+    let me = pid::current().as_raw();
+    if me == parent_pid || lock().as_ref().is_some_and(|p| p.owner == me) {
+        return false;
+    }
+    activate();
+    true
+}
+
 /// `(made, reused, free blocks)` of this process's pool, if active.
 pub fn stats() -> Option<(u64, u64, usize)> {
     let mut guard = lock();

@@ -359,15 +359,24 @@ pub fn mapping_error(errno: Errno, context: String) -> Error {
     Error::os(errno, context)
 }
 
-/// This process's number of mappings and the kernel's limit on it.
+/// This process's number of mappings and the kernel's limit on it. Read
+/// into a buffer on the stack: when the limit is reached, an allocation
+/// that needs a new mapping would fail too.
 fn mapping_count() -> Option<(usize, usize)> {
-    let maps = std::fs::read("/proc/self/maps").ok()?;
-    let count = maps.iter().filter(|&&b| b == b'\n').count();
-    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let mut buf = [0u8; 16384];
+    let mut count = 0;
+    let maps = std::fs::File::open("/proc/self/maps").ok()?;
+    loop {
+        match std::io::Read::read(&mut &maps, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => count += buf[..n].iter().filter(|&&b| b == b'\n').count(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+    let limit = std::fs::File::open("/proc/sys/vm/max_map_count").ok()?;
+    let n = std::io::Read::read(&mut &limit, &mut buf).ok()?;
+    let limit = std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()?;
     Some((count, limit))
 }
 

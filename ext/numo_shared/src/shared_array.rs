@@ -501,7 +501,10 @@ impl Plan {
     fn fresh_struct(&self, raw: VALUE) -> Result<*mut NArrayData> {
         // SAFETY: each step checks the object's type before reading its struct.
         unsafe {
-            if numo::is_typed_data(raw) && numo::data_type_of(raw) == self.numo_type {
+            if numo::is_typed_data(raw)
+                && numo::data_type_of(raw) == self.numo_type
+                && !is_shared_type(self.numo_type)
+            {
                 let old = numo::data_ptr_of(raw) as *mut NArrayData;
                 if !old.is_null() && (*old).base.kind == NARRAY_DATA_T && (*old).ptr.is_null() {
                     return Ok(old);
@@ -931,6 +934,32 @@ pub fn view_of(obj: Value) -> Option<ViewOf> {
             steps,
         })
     }
+}
+
+/// `Numo::Shared::Native.populate(array, offset, length)`: maps every page
+/// of `length` bytes at `offset` into `array`'s data (a shared array) at
+/// once, as writing them would one fault at a time. A hint: false when it
+/// cannot be done (not a shared array, a range outside it, an old kernel).
+pub fn populate(obj: Value, offset: usize, len: usize) -> bool {
+    let Some((raw, array)) = segment_behind(obj) else {
+        return false;
+    };
+    let data = array.data.ptr as usize;
+    let Some(segment) = array.segment.as_mut().filter(|_| raw == obj.as_raw()) else {
+        return false;
+    };
+    let start = segment.as_mut_ptr() as usize;
+    let end = start + segment.len();
+    let Some(from) = data.checked_add(offset).filter(|&f| f >= start) else {
+        return false;
+    };
+    let Some(to) = from.checked_add(len).filter(|&t| t <= end) else {
+        return false;
+    };
+    let page = crate::segment::page_size();
+    let (first, last) = (from / page * page, to.div_ceil(page) * page);
+    // SAFETY: a range of our own live mapping; populating has no other effect.
+    unsafe { libc::madvise(first as *mut c_void, last.min(end) - first, 23) == 0 }
 }
 
 /// `NArray#flush`: writes the changes of a mapped file (or the file behind

@@ -182,6 +182,19 @@ pub fn export(obj: Value) -> Result<Option<RString>> {
     let Some(facts) = shared_array::export_facts(obj) else {
         return Ok(None); // not a numeric array, or one with no data yet
     };
+    // Numo's own marshal_load turns byte-swapped data to the host's order;
+    // so does this: a host-order copy is made here, in the worker.
+    let (obj, facts) = if facts.flags & numo::FLAG_BYTE_SWAPPED != 0 {
+        let host: Value = obj
+            .funcall("to_host", ())
+            .map_err(crate::error::Error::Ruby)?;
+        match shared_array::export_facts(host) {
+            Some(facts) if facts.flags & numo::FLAG_BYTE_SWAPPED == 0 => (host, facts),
+            _ => return Ok(None),
+        }
+    } else {
+        (obj, facts)
+    };
     let Some(place) = place_for(obj, &facts, &arena, id)? else {
         return Ok(None);
     };

@@ -129,10 +129,8 @@ module Numo
       # marshal data into one (which re-initializes the shape) is refused.
       # @!visibility private
       def marshal_load(data)
-        Numo::Shared::Native.load_handle(self, data) || begin
-          refuse_reinitializing("marshal data")
-          super
-        end
+        refuse_reinitializing("marshal data")
+        Numo::Shared::Native.load_handle(self, data) || super
       end
 
       private

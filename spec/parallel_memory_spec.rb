@@ -1,0 +1,154 @@
+# frozen_string_literal: true
+
+require "tmpdir"
+
+# How long the memory of Numo::Parallel results and of a worker's arrays
+# lives: as long as any mapping of it, in any process, and no longer.
+# What a worker keeps between items, as user code does in a global.
+WORKER_CACHE = {} # rubocop:disable Style/MutableConstant
+
+RSpec.describe "Numo::Parallel memory" do
+  let(:opts) { { in_processes: 2 } }
+  let(:expected_sum) { Numo::DFloat.new(100_000).seq.sum }
+
+  describe "values that outlive the arrays they came from" do
+    it "keeps a result returned by reference from a second map after the first map's results are collected" do
+      first = Numo::Parallel.map(0...2, opts) { |i| Numo::DFloat.new(100_000).seq(i) }
+      second = Numo::Parallel.map(0...2, opts) { |i| first[i] }
+      expect(second).to all(be_shared)
+      first = nil
+      full_gc
+      expect(second.map(&:sum)).to eq([expected_sum, expected_sum + 100_000])
+      second[0][0] = -1.0 # still writable, still the same memory in every mapping
+      expect(second[0][0]).to eq(-1.0)
+    end
+
+    it "keeps a result for a child forked after the map when the parent drops it" do
+      results = Numo::Parallel.map(0...2, opts) { |i| Numo::DFloat.new(100_000).seq(i) }
+      wait, go = IO.pipe
+      answer, tell = IO.pipe
+      pid = fork do
+        go.close
+        answer.close
+        wait.read # until the parent has dropped its results
+        tell.write(results[1].sum.to_s)
+        exit!(0)
+      end
+      wait.close
+      tell.close
+      results = nil
+      full_gc
+      go.close # the child reads on
+      expect(Float(answer.read)).to eq(expected_sum + 100_000)
+      Process.wait(pid)
+    end
+
+    it "keeps a result for a child forked after the map when the parent exits first" do
+      Dir.mktmpdir do |dir|
+        answer = File.join(dir, "answer")
+        run_ruby(<<~RUBY)
+          results = Numo::Parallel.map(0...2, in_processes: 2) { |i| Numo::DFloat.new(100_000).seq(i) }
+          fork do
+            sleep 0.01 until Process.ppid == 1 || !File.exist?("/proc/\#{Process.ppid}/stat") ||
+                             File.read("/proc/\#{Process.ppid}/stat").split[2] == "Z"
+            File.write(#{answer.dump} + ".tmp", results[0].sum.to_s)
+            File.rename(#{answer.dump} + ".tmp", #{answer.dump})
+            exit!(0)
+          end
+        RUBY
+        sleep 0.01 until File.exist?(answer)
+        expect(Float(File.read(answer))).to eq(expected_sum)
+      end
+    end
+
+    it "keeps the values of an array a worker caches and also returns, whatever the parent does with it" do
+      sums = Numo::DFloat.new_shared(6)
+      finish = lambda do |_item, _index, result|
+        result[1] = -5.0 # the parent writes into its result...
+        GC.start         # ...and collects the earlier ones
+      end
+      Numo::Parallel.each(0...6, in_processes: 1, finish:) do |i|
+        WORKER_CACHE[:table] ||= Numo::DFloat.new(100_000).seq
+        WORKER_CACHE[:table][0] = i # the worker's own writes stay its own
+        sums[i] = WORKER_CACHE[:table][2..].sum
+        WORKER_CACHE[:table]
+      end
+      expect(sums.to_a).to all(eq(expected_sum - 1)) # elements 0 and 1 left out
+    end
+
+    it "lets a worker that keeps a returned array see the parent's later writes to pages it has not written" do
+      # The documented difference from the parallel gem (whose results are
+      # copies): handing a result over costs no copy, so the worker's array
+      # and the parent's share the pages the worker has not written since.
+      seen = Numo::DFloat.new_shared(2)
+      finish = ->(_item, index, result) { result[50_000] = -7.0 if index.zero? }
+      Numo::Parallel.each(0...2, in_processes: 1, finish:) do |i|
+        WORKER_CACHE[:kept] ||= Numo::DFloat.new(100_000).seq
+        seen[i] = WORKER_CACHE[:kept][50_000]
+        WORKER_CACHE[:kept]
+      end
+      expect(seen.to_a).to eq([50_000.0, -7.0])
+    end
+  end
+
+  describe "the worker's pool" do
+    # [made, reused] of the pool in a worker after the block ran.
+    def pool_after(&block)
+      stats = Numo::Int64.new_shared(2)
+      Numo::Parallel.each([0], in_processes: 1) do
+        block.call
+        made, reused, = Numo::Shared::Native.pool_stats
+        stats[0] = made
+        stats[1] = reused
+      end
+      stats.to_a
+    end
+
+    it "gives a temporary's block to the next array of that size, without a new mapping" do
+      stats = pool_after do
+        Numo::DFloat.new(100_000).seq # a temporary, garbage at once
+        GC.start
+        before = File.read("/proc/self/maps").scan("numo-shared-worker").size
+        4.times do
+          Numo::DFloat.new(100_000).seq(1)
+          GC.start
+        end
+        raise "new mappings" unless File.read("/proc/self/maps").scan("numo-shared-worker").size == before
+      end
+      expect(stats).to eq([1, 4])
+    end
+
+    it "never reuses a result's block while the parent holds the result" do
+      stats = Numo::Int64.new_shared(4, 2)
+      results = Numo::Parallel.map(0...4, in_processes: 1) do |i|
+        GC.start # the earlier results are garbage here: their blocks must not come back
+        a = Numo::DFloat.new(100_000).seq(i)
+        made, reused, = Numo::Shared::Native.pool_stats
+        stats[i, 0] = made
+        stats[i, 1] = reused
+        a
+      end
+      expect(stats.to_a).to eq([[1, 0], [2, 0], [3, 0], [4, 0]])
+      expect(results.map { |r| r[1] }).to eq([1.0, 2.0, 3.0, 4.0])
+    end
+
+    it "serves small arrays and Numo::RObject with Numo's own memory" do
+      stats = pool_after do
+        Numo::DFloat.new(1000).seq
+        Numo::RObject.new(100_000).fill(:x)
+      end
+      expect(stats).to eq([0, 0])
+    end
+
+    it "is not used outside workers: the parent's arrays are ordinary" do
+      made = Numo::Parallel.map(0...2, in_threads: 2) { Numo::DFloat.new(100_000).seq }
+      expect(made.map(&:shared?)).to eq([false, false])
+      expect(Numo::Shared::Native.pool_stats).to be_nil
+    end
+
+    it "leaves Numo's allocate untouched in processes that are not workers" do
+      Numo::Parallel.map(0...2, opts) { Numo::DFloat.new(100_000).seq }
+      expect(Numo::DFloat.ancestors).not_to include(Numo::Shared::WorkerAllocation)
+    end
+  end
+end

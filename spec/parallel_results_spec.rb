@@ -1,0 +1,154 @@
+# frozen_string_literal: true
+
+require "tmpdir"
+
+# Results that are not plain numeric arrays in writable memory, forged or
+# damaged handles, and the limits of the process: each behaves as with the
+# parallel gem, or raises a clear error; none crashes.
+RSpec.describe "Numo::Parallel results" do
+  let(:opts) { { in_processes: 2 } }
+
+  # Marshal data of an NArray of +klass+ whose marshal_dump gave +handle+.
+  def marshaled(handle, klass = "Numo::DFloat")
+    "\x04\bU:#{(klass.size + 5).chr}#{klass}#{Marshal.dump(handle.b)[2..]}".b
+  end
+
+  # A handle as a worker writes it (see ext/numo_shared/src/handle.rs).
+  def handle(token, kind, shape, *fields, flags: 0)
+    ["NUMOSHR\x02".b, [token].pack("Q<"), [kind, flags, shape.size].pack("C3"),
+     shape.pack("Q<*"), fields.pack("q<*")].join
+  end
+
+  describe "of read-only and copy-on-write memory" do
+    it "come back as the gem returns them: the values the worker saw, unfrozen and writable" do
+      Dir.mktmpdir do |dir|
+        path = File.join(dir, "data.bin")
+        Numo::DFloat.memmap(path, shape: [20_000], mode: "w+").seq.flush
+        readonly = Numo::DFloat.memmap(path, shape: [20_000], mode: "r")
+        private_copy = Numo::DFloat.memmap(path, shape: [20_000], mode: "c")
+        private_copy[0] = -1.0 # only this process's copy-on-write pages hold -1
+        name = segment_name
+        Numo::DFloat.new_shared(20_000, name:).seq(5)
+        opened = Numo::NArray.open_shared(name, readonly: true)
+        sources = [readonly, readonly[(0..).step(2)], private_copy, private_copy[0..10], opened, opened[(1..).step(3)]]
+        block = ->(i) { sources[i] }
+        ours = Numo::Parallel.map(0...sources.size, opts, &block)
+        expect(ours).to eq(Parallel.map(0...sources.size, opts, &block))
+        expect(ours[2][0]).to eq(-1.0)
+        expect(ours.map(&:frozen?)).to all(be(false))
+        ours.each { |result| result[1] = 99.0 } # writable, and no crash
+        expect([readonly[1], private_copy[1], opened[1]]).to eq([1.0, 1.0, 6.0])
+      end
+    end
+  end
+
+  describe "of other kinds" do
+    it "keep the byte order and layout the gem's results have" do
+      block = lambda do |i|
+        x = Numo::DFloat.new(20_000).seq(i)
+        [x.hton, x.hton[(0..).step(3)], Numo::Int32.new(5).seq.hton, Numo::SComplex.new(30_000).seq.hton]
+      end
+      ours = Numo::Parallel.map(0...2, opts, &block)
+      theirs = Parallel.map(0...2, opts, &block)
+      expect(ours).to eq(theirs)
+      expect(ours.flatten.map(&:byte_swapped?)).to eq(theirs.flatten.map(&:byte_swapped?))
+      expect(ours.flatten.map(&:to_a)).to eq(theirs.flatten.map(&:to_a))
+    end
+
+    it "return Numo::RObject arrays, small and large, as the gem does" do
+      block = ->(i) { [Numo::RObject.new(3).fill(:a), Numo::RObject.new(100_000).fill("item #{i}")] }
+      ours = Numo::Parallel.map(0...2, opts, &block)
+      expect(ours).to eq(Parallel.map(0...2, opts, &block))
+      expect(ours[1][1][99_999]).to eq("item 1")
+    end
+  end
+
+  describe "handles that no worker of an open map wrote" do
+    it "are refused: an unknown token, a damaged handle, a block that never arrived" do
+      expect { Marshal.load(marshaled(handle(12_345, 2, [10_000], 7))) } # rubocop:disable Security/MarshalLoad
+        .to raise_error(ArgumentError,
+                        "marshal data names a Numo::Parallel results arena that is not open in this process")
+      arena = Numo::Shared::Arena.new
+      begin
+        expect { Marshal.load(marshaled(handle(arena.token, 9, [3], 0))) } # rubocop:disable Security/MarshalLoad
+          .to raise_error(ArgumentError, "damaged Numo::Parallel result handle")
+        expect { Marshal.load(marshaled(handle(arena.token, 2, [3])[0..-3])) } # rubocop:disable Security/MarshalLoad
+          .to raise_error(ArgumentError, "damaged Numo::Parallel result handle")
+        expect { Marshal.load(marshaled(handle(arena.token, 1, [3], 64, 24))) } # rubocop:disable Security/MarshalLoad
+          .to raise_error(ArgumentError, "no result of 24 bytes was packed at offset 64 of the results region")
+      ensure
+        arena.close
+      end
+    end
+
+    it "are refused when a view's geometry reaches outside the array it looks into" do
+      arena = Numo::Shared::Arena.new
+      view = lambda do |offset, strides, mask: 0, tables: [0, 0]|
+        fields = [1, 0, 80, offset, mask, *strides, *tables]
+        Marshal.load(marshaled(handle(arena.token, 4, [3], *fields))) # rubocop:disable Security/MarshalLoad
+      end
+      outside = "a view returned by reference reaches outside the 80 bytes of the array it looks into"
+      expect { view.call(64, [8]) }.to raise_error(ArgumentError, outside)
+      expect { view.call(8, [-8]) }.to raise_error(ArgumentError, outside)
+      expect { view.call(0, [0], mask: 1) }
+        .to raise_error(ArgumentError, "a view's index tables are shorter than its shape")
+      expect { view.call(0, [8], mask: 0b10) }
+        .to raise_error(ArgumentError, "a view of 1 dimensions came with index tables for dimensions it does not have")
+      expect { view.call(0, [8]) } # inside: then the serial is checked
+        .to raise_error(ArgumentError, /is no longer mapped in this process/)
+    ensure
+      arena&.close
+    end
+  end
+
+  it "leaves Marshal.dump after the result is written to Numo's own data, as in an at_exit hook" do
+    Dir.mktmpdir do |dir|
+      path = File.join(dir, "dump")
+      results = Numo::Parallel.map([0], in_processes: 1) do
+        a = Numo::DFloat.new(50_000).seq
+        at_exit { File.binwrite(path, Marshal.dump(a)) }
+        a
+      end
+      expect(results[0]).to be_shared
+      expect(File.size(path)).to be > 400_000
+      expect(Marshal.load(File.binread(path))).to eq(Numo::DFloat.new(50_000).seq) # rubocop:disable Security/MarshalLoad
+    end
+  end
+
+  describe "under the process's limits" do
+    it "works under a file size limit (ulimit -f), where memfds cannot grow past it" do
+      out = run_ruby(<<~RUBY)
+        Process.setrlimit(:FSIZE, 1 << 20)
+        block = ->(i) { [Numo::DFloat.new(16).seq(i), Numo::DFloat.new(50_000).seq(i), Numo::DFloat.new(500_000).seq(i)] }
+        p Numo::Parallel.map(0...4, in_processes: 2, &block) == Parallel.map(0...4, in_processes: 2, &block)
+        p Numo::Parallel.stack(0...2, type: Numo::DFloat, shape: [4], in_processes: 2) { |i| [i] * 4 }.to_a
+      RUBY
+      expect(out).to eq("true\n[[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]\n")
+    end
+
+    it "works under an address-space limit (ulimit -v 1000000)" do
+      out = run_ruby(<<~RUBY)
+        Process.setrlimit(:AS, 1_000_000 * 1024)
+        block = ->(i) { [Numo::DFloat.new(16).seq(i), Numo::DFloat.new(50_000).seq(i), Numo::DFloat.new(1_000_000).seq(i)] }
+        p Numo::Parallel.map(0...4, in_processes: 2, &block) == Parallel.map(0...4, in_processes: 2, &block)
+      RUBY
+      expect(out).to eq("true\n")
+    end
+
+    it "names the kernel's limit on mappings (vm.max_map_count) when it is reached" do
+      out = run_ruby(<<~RUBY)
+        arrays = []
+        begin
+          loop { arrays << Numo::UInt8.new_shared(1) }
+        rescue SystemCallError => e
+          puts e.class, e.message
+        end
+      RUBY
+      error, message = out.lines.map(&:chomp)
+      expect(error).to eq("Errno::ENOMEM")
+      expected = "Cannot allocate memory - mapping 1 bytes of shared memory (memfd): this process has NUM " \
+                 "memory mappings, the kernel's limit (vm.max_map_count) is NUM;"
+      expect(message).to match(/\A#{Regexp.escape(expected).gsub("NUM", '\d+')}/)
+    end
+  end
+end
