@@ -134,19 +134,32 @@ RSpec.describe "named shared arrays" do
     expect(File.exist?("/dev/shm/#{name}")).to be(false)
   end
 
-  it "lists this user's segments and sweeps those whose creator is gone" do
+  it "lists this user's segments and sweeps those whose creator is gone, under a prefix" do
     mine = Numo::Int8.new_shared(3, name:)
     orphan = segment_name
     run_ruby("Numo::UInt16.new_shared(2, 5, name: #{orphan.inspect})")
-    found = Numo::Shared.segments.to_h { |s| [s.name, s.to_h] }
+    found = Numo::Shared.segments(prefix: segment_prefix).to_h { |s| [s.name, s.to_h] }
+    expect(found.keys).to all(start_with(segment_prefix))
     expect(found[name]).to eq(name:, type: "Numo::Int8", shape: [3], bytes: 3, creator_pid: Process.pid,
                               creator_alive: true)
     expect(found[orphan]).to include(type: "Numo::UInt16", shape: [2, 5], bytes: 20, creator_alive: false)
     expect(found[orphan][:creator_pid]).not_to eq(Process.pid)
-    expect(Numo::Shared.sweep).to include(orphan)
+    expect(Numo::Shared.sweep(prefix: segment_prefix)).to eq([orphan])
     expect(File.exist?("/dev/shm/#{orphan}")).to be(false)
     expect(File.exist?("/dev/shm/#{name}")).to be(true)
     expect(mine.size).to eq(3)
+  end
+
+  it "leaves segments outside the prefix alone, however dead their creator" do
+    foreign = "numo-foreign-#{SecureRandom.hex(4)}"
+    orphan = segment_name
+    run_ruby("[#{foreign.inspect}, #{orphan.inspect}].each { |n| Numo::DFloat.new_shared(2, name: n) }")
+    expect(Numo::Shared.segments.map(&:name)).to include(foreign, orphan)
+    expect(Numo::Shared.segments(prefix: segment_prefix).map(&:name)).to eq([orphan])
+    expect(Numo::Shared.sweep(prefix: segment_prefix)).to eq([orphan])
+    expect(File.exist?("/dev/shm/#{foreign}")).to be(true)
+  ensure
+    Numo::NArray.unlink_shared(foreign) if foreign && File.exist?("/dev/shm/#{foreign}")
   end
 
   it "frees mappings and descriptors of arrays opened thousands of times" do

@@ -30,9 +30,15 @@ module SpawnHelpers
     out
   end
 
+  # What the names of this run's segments start with: the specs list and
+  # sweep only these (Numo::Shared.segments(prefix:), sweep(prefix:)).
+  def segment_prefix
+    "numo-spec-#{Process.pid}-"
+  end
+
   # A fresh segment name, removed after the example if it still exists.
   def segment_name
-    name = "numo-spec-#{Process.pid}-#{SecureRandom.hex(4)}"
+    name = "#{segment_prefix}#{SecureRandom.hex(4)}"
     (@segment_names ||= []) << name
     name
   end

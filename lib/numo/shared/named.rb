@@ -57,16 +57,20 @@ module Numo
 
     class << self
       # The named shared arrays in /dev/shm that this user owns and this gem
-      # made, sorted by name.
+      # made, sorted by name; with +prefix:+, only those whose name starts
+      # with it (a program that names its segments "myapp-..." lists its
+      # own with +prefix: "myapp-"+).
       #
+      # @param prefix [String, nil] only names starting with this
       # @return [Array<Numo::Shared::Segment>]
       # @example
       #   Numo::DFloat.new_shared(3, name: "doc-segments")
-      #   Numo::Shared.segments.map(&:name).include?("doc-segments") # => true
+      #   Numo::Shared.segments(prefix: "doc-").map(&:name) # => ["doc-segments"]
       #   Numo::NArray.unlink_shared("doc-segments")
-      def segments
-        Native.segments.map do |row|
-          Segment.new(**Segment.members.zip(row).to_h)
+      def segments(prefix: nil)
+        prefix = String(prefix) unless prefix.nil?
+        Native.segments.filter_map do |row|
+          Segment.new(**Segment.members.zip(row).to_h) if prefix.nil? || row.first.start_with?(prefix)
         end
       end
 
@@ -75,11 +79,18 @@ module Numo
       # memory is freed once nobody has them open. The creator is recognised
       # by pid and start time, so a reused pid does not keep a segment.
       #
+      # Without +prefix:+ this sweeps every such segment of the user, those
+      # other programs left on purpose for a later reader included; with
+      # +prefix:+, only those whose name starts with it.
+      #
+      # @param prefix [String, nil] only names starting with this
       # @return [Array<String>] the names removed
-      # @example
-      #   Numo::Shared.sweep # => [] when every creator still runs
-      def sweep
-        segments.reject(&:creator_alive?).filter_map do |segment|
+      # @example A producer that exited without unlinking
+      #   pid = fork { Numo::DFloat.new_shared(3, name: "doc-sweep-orphan"); exit!(0) }
+      #   Process.wait(pid)
+      #   Numo::Shared.sweep(prefix: "doc-sweep-") # => ["doc-sweep-orphan"]
+      def sweep(prefix: nil)
+        segments(prefix:).reject(&:creator_alive?).filter_map do |segment|
           Numo::NArray.unlink_shared(segment.name)
           segment.name
         rescue Errno::ENOENT
