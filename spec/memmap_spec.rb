@@ -104,6 +104,21 @@ RSpec.describe "Numo::NArray.memmap" do
     expect { Numo::DFloat.memmap(dir, shape: [2], mode: "r") }.to raise_error(ArgumentError, /is not a regular file/)
   end
 
+  it "refuses a FIFO at the path at once instead of blocking on it" do
+    %w[data.bin data.npy].each do |file|
+      fifo = File.join(dir, file)
+      File.mkfifo(fifo)
+      out = run_ruby_within(20, <<~RUBY)
+        %w[r r+ c w+].each do |mode|
+          Numo::DFloat.memmap(#{fifo.inspect}, shape: [2], mode:)
+        rescue ArgumentError => e
+          puts e.message
+        end
+      RUBY
+      expect(out).to eq("file #{fifo.inspect} is not a regular file\n" * 4)
+    end
+  end
+
   it "keeps the mapping alive exactly as long as the array or a view of it" do
     File.binwrite(path, Numo::DFloat.new(1000).seq.to_binary)
     full_gc

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "etc"
+
 RSpec.describe "named shared arrays" do
   let(:name) { segment_name }
 
@@ -79,6 +81,42 @@ RSpec.describe "named shared arrays" do
         .to raise_error(ArgumentError, /\Ainvalid shared-memory name #{Regexp.escape(bad.inspect)}: use 1 to 200/)
       expect { Numo::NArray.open_shared(bad) }.to raise_error(ArgumentError, /invalid shared-memory name/)
     end
+  end
+
+  it "takes any class from NArray.open_shared, and refuses another class than the segment's" do
+    Numo::DFloat.new_shared(2, name:).fill(1.5)
+    expect(Numo::NArray.open_shared(name)).to be_a(Numo::DFloat)
+    expect(Numo::DFloat.open_shared(name).to_a).to eq([1.5, 1.5])
+    expect { Numo::Int32.open_shared(name) }
+      .to raise_error(TypeError, "shared-memory segment /dev/shm/#{name} holds Numo::DFloat, not Numo::Int32")
+    expect { Numo::SFloat.open_shared(name, readonly: true) }.to raise_error(TypeError, /holds Numo::DFloat, not/)
+  end
+
+  it "refuses a segment that another user owns, even one anybody may write" do
+    skip "only root can give a segment to another user" unless Process.euid.zero?
+
+    Numo::DFloat.new_shared(2, name:)
+    nobody = Etc.getpwnam("nobody").uid
+    File.chown(nobody, nobody, "/dev/shm/#{name}")
+    File.chmod(0o666, "/dev/shm/#{name}")
+    [false, true].each do |readonly|
+      expect { Numo::NArray.open_shared(name, readonly:) }.to raise_error(
+        Errno::EACCES, "Permission denied - opening shared-memory segment /dev/shm/#{name}: " \
+                       "it belongs to uid #{nobody}, not to this user (uid 0)"
+      )
+    end
+  end
+
+  it "refuses a FIFO at the name at once instead of blocking on it" do
+    File.mkfifo("/dev/shm/#{name}")
+    out = run_ruby_within(20, <<~RUBY)
+      [true, false].each do |readonly|
+        Numo::NArray.open_shared(#{name.inspect}, readonly:)
+      rescue Numo::Shared::FormatError => e
+        puts e.message
+      end
+    RUBY
+    expect(out).to eq("shared-memory segment /dev/shm/#{name} is not a regular file\n" * 2)
   end
 
   describe "segments that are not what they claim" do

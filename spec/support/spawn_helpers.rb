@@ -17,6 +17,21 @@ module SpawnHelpers
     run_command(RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script)
   end
 
+  # Like run_ruby, for code that could block: the process is killed
+  # (SIGKILL, which it cannot ignore) if it has not finished within
+  # +seconds+, and this raises. Returns its standard output and error.
+  def run_ruby_within(seconds, script)
+    argv = [RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script]
+    IO.popen(argv, err: %i[child out]) do |io|
+      output = Thread.new { io.read }
+      unless output.join(seconds)
+        Process.kill(:KILL, io.pid)
+        raise "ruby was still running after #{seconds} s and was killed: #{script}"
+      end
+      output.value
+    end
+  end
+
   # Runs +code+ with Debian's python3 (which has numpy); returns stdout.
   def run_python(code)
     run_command("/usr/bin/python3", "-c", code)

@@ -1,10 +1,10 @@
 //! File-backed arrays: `Numo::NArray.memmap`, numpy.memmap's modes over a
 //! file on disk.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use magnus::{prelude::*, RArray, RClass, RString, Ruby, Value};
-use nix::fcntl::{open, OFlag};
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
 use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
@@ -89,9 +89,10 @@ pub fn memmap(
         Some(shape) => Some(sized(shared_array::plan(ruby, klass, shape)?)?),
         None => None,
     };
+    // O_NONBLOCK: a FIFO at the path must not block the open.
     let raw = open(
         path.as_str(),
-        mode.open_flags() | OFlag::O_CLOEXEC,
+        mode.open_flags() | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
         Mode::from_bits_truncate(0o666),
     )
     .map_err(|e| Error::os(e, format!("opening {what} for memmap")))?;
@@ -101,6 +102,7 @@ pub fn memmap(
     if !regular {
         return Err(Error::Argument(format!("{what} is not a regular file")));
     }
+    clear_nonblocking(&fd, &what)?;
     let (plan, end) = match requested {
         Some(requested) => requested,
         None => {
@@ -139,6 +141,17 @@ pub fn memmap(
         array.freeze();
     }
     Ok(array)
+}
+
+/// Clears `O_NONBLOCK` on `fd`, which was opened with it only so that a
+/// FIFO at the path could not block the open.
+pub fn clear_nonblocking(fd: &impl AsFd, what: &str) -> Result<()> {
+    let raw = fd.as_fd().as_raw_fd();
+    let context = || format!("opening {what}");
+    let flags = fcntl(raw, FcntlArg::F_GETFL).map_err(|e| Error::os(e, context()))?;
+    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    fcntl(raw, FcntlArg::F_SETFL(flags)).map_err(|e| Error::os(e, context()))?;
+    Ok(())
 }
 
 /// `[n]`: as many elements of `klass` as fit after `offset`.

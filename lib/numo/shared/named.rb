@@ -19,14 +19,22 @@ module Numo
       # @raise [Numo::Shared::FormatError] for a segment not made by this gem,
       #   a damaged header, or a header whose size does not match the segment
       # @raise [ArgumentError] for an invalid name
+      # @raise [TypeError] when called on a class other than the segment's
+      #   (+Numo::NArray.open_shared+ takes any)
+      # @raise [Errno::EACCES] for a segment that another user owns
       # @example
       #   a = Numo::DFloat.new_shared(2, 3, name: "doc-open-shared")
       #   b = Numo::NArray.open_shared("doc-open-shared")
       #   b[0, 0] = 5
       #   a[0, 0] # => 5.0
+      #   Numo::DFloat.open_shared("doc-open-shared").shape # => [2, 3]
       #   Numo::NArray.unlink_shared("doc-open-shared")
       def open_shared(name, readonly: false)
-        Numo::Shared::Native.open_named(String(name), readonly ? true : false)
+        name = String(name)
+        array = Numo::Shared::Native.open_named(name, readonly ? true : false)
+        return array if equal?(Numo::NArray) || array.instance_of?(self)
+
+        raise TypeError, "shared-memory segment /dev/shm/#{name} holds #{array.class}, not #{self}"
       end
 
       # Removes a named shared array's name. Arrays already open (in any

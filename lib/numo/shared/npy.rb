@@ -33,13 +33,24 @@ module Numo
       #   headers, and layouts Numo cannot map (big-endian, Fortran order,
       #   dtypes without a Numo class)
       def read_header(path)
-        File.open(path, "rb") do |file|
+        open_regular(path) do |file|
           length_size = read_prelude(path, file.read(8) || "")
           length = (file.read(length_size) || "").unpack1(length_size == 2 ? "v" : "V")
           text = file.read(length.to_i) || ""
           raise FormatError, "#{path.inspect} has a truncated .npy header" if length.nil? || text.bytesize < length
 
           parse(path, text, 8 + length_size + length)
+        end
+      end
+
+      # Opens +path+ for reading without blocking on a FIFO, and yields it
+      # once it is known to be a regular file.
+      # @raise [ArgumentError] for anything but a regular file
+      def open_regular(path, &)
+        File.open(path, File::RDONLY | File::NONBLOCK, binmode: true) do |file|
+          raise ArgumentError, "file #{path.inspect} is not a regular file" unless file.stat.file?
+
+          yield file
         end
       end
 
