@@ -21,7 +21,7 @@ lib = File.expand_path("../lib", __dir__)
 READERS = {
   "memmap (mode r)" => "a = Numo::NArray.memmap(PATH, mode: 'r')",
   "from_binary(File.binread)" => <<~RUBY
-    header = Numo::Shared::Npy.read_header(PATH)
+    header = File.open(PATH, "rb") { |f| Numo::Shared::Npy.read_header(f, PATH) }
     a = Numo::DFloat.from_binary(File.binread(PATH, nil, header.data_offset), header.shape)
   RUBY
 }.freeze
