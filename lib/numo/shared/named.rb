@@ -60,6 +60,10 @@ module Numo
     # A named segment found in /dev/shm (see {Numo::Shared.segments}).
     Segment = ::Struct.new(:name, :type, :shape, :bytes, :creator_pid, :creator_alive, keyword_init: true) do
       # @return [Boolean] whether the process that made the segment still runs
+      # @example
+      #   Numo::DFloat.new_shared(1, name: "doc-alive")
+      #   Numo::Shared.segments(prefix: "doc-alive").first.creator_alive? # => true
+      #   Numo::NArray.unlink_shared("doc-alive")
       def creator_alive? = creator_alive
     end
 
