@@ -92,12 +92,14 @@ module NumoSharedBuild
            "#{output.lines.last(12).join.gsub(/^/, '  ')}\n"
     return head + offline_advice(config) if config
 
-    "#{head}If crates.io cannot be reached from this machine, give cargo the crates another way:\n" \
-      "  - run bin/setup once in a checkout of numo-shared: it downloads Debian's packaged crates into\n" \
-      "    #{CACHE} and writes #{File.join(CACHE, 'cargo-config.toml')}, which later builds\n" \
-      "    (gem install included) use by themselves; or\n" \
-      "  - set NUMO_SHARED_CARGO_CONFIG to a cargo config file that points cargo at the crates\n" \
-      "    (a [source] replacement, e.g. a vendored directory), then build again.\n"
+    head + <<~ADVICE
+      If crates.io cannot be reached from this machine, give cargo the crates another way:
+        - run bin/setup once in a checkout of numo-shared: it downloads Debian's packaged crates into
+          #{CACHE} and writes #{File.join(CACHE, 'cargo-config.toml')}, which later builds
+          (gem install included) use by themselves; or
+        - set NUMO_SHARED_CARGO_CONFIG to a cargo config file that points cargo at the crates
+          (a [source] replacement, e.g. a vendored directory), then build again.
+    ADVICE
   end
 
   def offline_advice(config)
