@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "set" # YARD uses Set without requiring it
 require "yard"
 
 # The API docs: `rake doc` writes them to doc/ (options in .yardopts), and

@@ -3,7 +3,9 @@
 require "English"
 require "rbconfig"
 require "ripper"
+require "set" # YARD uses Set without requiring it
 require "tmpdir"
+require_relative "spawn_helpers"
 
 # The code shown to users, run as written: the ```ruby blocks of a Markdown
 # file and the YARD @example tags of Ruby files.
@@ -122,13 +124,8 @@ module DocExamples
              "#{block.file.inspect}, #{block.line})\nputs \"#{MARKER} \#{DocExampleChecks.count}\"\n"
     argv = [*wrapper, RbConfig.ruby, "-I", lib, "-r", PRELUDE, "-e", script]
     Dir.mktmpdir("numo-doc-example") do |dir|
-      output, finished = IO.popen(argv, chdir: dir, err: %i[child out]) do |io|
-        reader = Thread.new { io.read }
-        finished = reader.join(timeout)
-        Process.kill(:KILL, io.pid) unless finished
-        [reader.value, finished]
-      end
-      finished ? [output, $CHILD_STATUS.success?] : ["killed after #{timeout} s:\n#{output}", false]
+      output, status = SpawnHelpers.capture_within(timeout, argv, chdir: dir)
+      status ? [output, status.success?] : ["killed after #{timeout} s:\n#{output}", false]
     end
   end
 

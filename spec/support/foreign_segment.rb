@@ -20,7 +20,10 @@ module ForeignSegment
   end
 
   def self.check_and_remove
-    raise "the suite removed a segment it did not make: /dev/shm/#{NAME} is gone" unless exist?
+    unless exist?
+      raise "a segment that the suite did not make, /dev/shm/#{NAME}, is gone: a spec removed it, or another " \
+            "process of this user did (e.g. another checkout's suite calling Numo::Shared.sweep without prefix:)"
+    end
 
     found = Numo::NArray.open_shared(NAME, readonly: true).to_a
     raise "the suite changed a segment it did not make: #{NAME} holds #{found}" unless found == VALUES

@@ -21,15 +21,23 @@ module SpawnHelpers
   # (SIGKILL, which it cannot ignore) if it has not finished within
   # +seconds+, and this raises. Returns its standard output and error.
   def run_ruby_within(seconds, script)
-    argv = [RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script]
-    IO.popen(argv, err: %i[child out]) do |io|
-      output = Thread.new { io.read }
-      unless output.join(seconds)
-        Process.kill(:KILL, io.pid)
-        raise "ruby was still running after #{seconds} s and was killed: #{script}"
-      end
-      output.value
-    end
+    output, status = SpawnHelpers.capture_within(seconds, [RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script])
+    raise "ruby was still running after #{seconds} s and was killed: #{script}" unless status
+
+    output
+  end
+
+  # Output (stdout and stderr) and exit status of the command +argv+ (run
+  # with IO.popen +options+); the status is nil if the command was still
+  # running after +seconds+ and was killed (SIGKILL).
+  def self.capture_within(seconds, argv, **options)
+    IO.popen(argv, err: %i[child out], **options) do |io|
+      reader = Thread.new { io.read }
+      finished = reader.join(seconds)
+      Process.kill(:KILL, io.pid) unless finished
+      [reader.value, finished]
+    end => [output, finished]
+    [output, finished && $CHILD_STATUS]
   end
 
   # Runs +code+ with Debian's python3 (which has numpy); returns stdout.
