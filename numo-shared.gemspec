@@ -16,7 +16,8 @@ Gem::Specification.new do |spec|
   spec.license = "BSD-3-Clause"
   spec.required_ruby_version = ">= 3.1"
 
-  spec.files = Dir["lib/**/*.rb", "ext/**/*.{rs,rb,toml}", "Cargo.toml", "README.md", "LICENSE"]
+  # Cargo.*.lock: the crate versions of each route (see ext/numo_shared/extconf.rb).
+  spec.files = Dir["lib/**/*.rb", "ext/**/*.{rs,rb,toml}", "Cargo.toml", "Cargo.*.lock", "README.md", "LICENSE"]
   spec.require_paths = ["lib"]
   spec.extensions = ["ext/numo_shared/extconf.rb"]
 

@@ -7,10 +7,14 @@
 # dataset used repeatedly; a cold read is bounded by the disk for both).
 #
 #   bundle exec rake bench:memmap          (RUNS=3, SIZE_MIB=1024 by default)
+#
+# Besides the table, writes a chart of both measurements to bench/memmap.svg
+# (CHART=path for another place), and shows its progress on stderr.
 
 require "numo/shared"
 require "rbconfig"
 require "tmpdir"
+require_relative "chart"
 require_relative "support"
 
 size_mib = Integer(ENV.fetch("SIZE_MIB", 1024))
@@ -21,7 +25,7 @@ lib = File.expand_path("../lib", __dir__)
 READERS = {
   "memmap (mode r)" => "a = Numo::NArray.memmap(PATH, mode: 'r')",
   "from_binary(File.binread)" => <<~RUBY
-    header = Numo::Shared::Npy.read_header(PATH)
+    header = File.open(PATH, "rb") { |f| Numo::Shared::Npy.read_header(f, PATH) }
     a = Numo::DFloat.from_binary(File.binread(PATH, nil, header.data_offset), header.shape)
   RUBY
 }.freeze
@@ -45,16 +49,34 @@ def measure(lib, path, reader)
   out.split.map(&:to_f)
 end
 
+# Both measurements of each method as a chart; returns its path.
+def write_chart(rows, size_mib, runs)
+  mib = ->(bytes) { bytes.fdiv(1 << 20) }
+  Bench::Chart.new(
+    title: "Reading a #{size_mib} MiB .npy of DFloat (median of #{runs} fresh processes)",
+    metrics: ["time (ms)", "RSS above a process that only loads the gem (MiB)"],
+    rows: [
+      ["to the first element", rows.to_h { |name, first, _, rss, _| [name, [first * 1e3, mib.call(rss)]] }],
+      ["to the sum of all (RSS: peak)", rows.to_h { |name, _, all, _, peak| [name, [all * 1e3, mib.call(peak)]] }]
+    ]
+  ).write(ENV.fetch("CHART", File.join(__dir__, "memmap.svg")))
+end
+
 Dir.mktmpdir("numo-memmap-bench") do |dir|
   path = File.join(dir, "data.npy")
   Numo::DFloat.memmap(path, shape: [elements], mode: "w+").seq.flush
   GC.start
+  progress = Bench::Progress.new("bench:memmap", 1 + (READERS.size * runs))
   baseline = measure(lib, path, "a = Numo::DFloat[1.0]")
+  progress.step("baseline process")
   rows = READERS.map do |name, reader|
-    samples = Array.new(runs) { measure(lib, path, reader) }
+    samples = Array.new(runs) do |run|
+      measure(lib, path, reader).tap { progress.step("#{name}, process #{run + 1}") }
+    end
     median = ->(i) { samples.map { |s| s[i] }.sort[runs / 2] }
     [name, median.call(0), median.call(1), median.call(2) - baseline[2], median.call(3) - baseline[3]]
   end
+  progress.finish
   puts "#{size_mib} MiB .npy of DFloat, page cache warm, median of #{runs} fresh processes; " \
        "RSS above a process that only loads the gem (#{Bench.format_bytes(baseline[3])})"
   puts
@@ -64,4 +86,6 @@ Dir.mktmpdir("numo-memmap-bench") do |dir|
       [name, Bench.format_time(first), Bench.format_bytes(rss), Bench.format_time(all), Bench.format_bytes(peak)]
     end
   )
+
+  puts "\nchart: #{write_chart(rows, size_mib, runs)}"
 end

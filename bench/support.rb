@@ -89,4 +89,47 @@ module Bench
   def status_kib(field)
     File.foreach("/proc/self/status").find { |l| l.start_with?("#{field}:") }.split[1].to_i
   end
+
+  # Progress of a long run on stderr (stdout keeps only the results):
+  #
+  #   progress = Bench::Progress.new("bench:memmap", 7)
+  #   7.times { |i| measure(i); progress.step("memmap run #{i + 1}") }
+  #   progress.finish
+  #
+  # On a terminal the line is rewritten in place; elsewhere (a log, CI) a
+  # line is written at most every +every+ seconds, and at the end.
+  class Progress
+    def initialize(label, total, io: $stderr, every: 5)
+      @label = label
+      @total = total
+      @io = io
+      @every = every
+      @done = 0
+      @started = @shown = Bench.now
+    end
+
+    # One of the +total+ steps is done; +what+ names it.
+    def step(what = nil)
+      @done += 1
+      line = "#{@label}: #{@done}/#{@total} (#{(100 * @done / @total.to_f).round}%) #{what}, " \
+             "#{Bench.format_time(Bench.now - @started)}#{remaining}"
+      if @io.tty? then @io.print("\r#{line}\e[K")
+      elsif @done == @total || Bench.now - @shown >= @every
+        @io.puts(line)
+        @shown = Bench.now
+      end
+    end
+
+    def finish
+      @io.puts if @io.tty?
+    end
+
+    private
+
+    def remaining
+      return "" if @done >= @total
+
+      ", about #{Bench.format_time((Bench.now - @started) / @done * (@total - @done))} left"
+    end
+  end
 end

@@ -60,7 +60,7 @@ via_shared, shared_time = timed { collect(Numo::Parallel) }
 
 bytes = via_shared.sum { |r| r[:frames].byte_size + r[:scores].byte_size }
 puts "#{EPISODES} episodes x #{STEPS} frames of UInt8[#{HEIGHT},#{WIDTH},3] " \
-     "(#{(bytes / 1e6).round(1)} MB) from #{WORKERS} worker processes"
+     "(#{format('%.1f', bytes.fdiv(1 << 20))} MiB) from #{WORKERS} worker processes"
 puts format("Parallel.map (Marshal):   %<ms>7.1f ms", ms: marshal_time * 1e3)
 puts format("Numo::Parallel.map:       %<ms>7.1f ms  (%<ratio>.1fx faster)",
             ms: shared_time * 1e3, ratio: marshal_time / shared_time)

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "pathname"
+
 RSpec.describe "Numo::NArray.memmap" do
   let(:dir) { Dir.mktmpdir("numo-memmap-spec") }
   let(:path) { File.join(dir, "data.bin") }
@@ -102,6 +104,67 @@ RSpec.describe "Numo::NArray.memmap" do
     expect { Numo::DFloat.memmap(File.join(dir, "missing"), shape: [2]) }.to raise_error(Errno::ENOENT)
     expect { Numo::DFloat.memmap(dir, shape: [2]) }.to raise_error(Errno::EISDIR)
     expect { Numo::DFloat.memmap(dir, shape: [2], mode: "r") }.to raise_error(ArgumentError, /is not a regular file/)
+  end
+
+  it "refuses a FIFO at the path at once instead of blocking on it" do
+    %w[data.bin data.npy].each do |file|
+      fifo = File.join(dir, file)
+      File.mkfifo(fifo)
+      out = run_ruby_within(20, <<~RUBY)
+        %w[r r+ c w+].each do |mode|
+          Numo::DFloat.memmap(#{fifo.inspect}, shape: [2], mode:)
+        rescue ArgumentError => e
+          puts e.message
+        end
+      RUBY
+      expect(out).to eq("file #{fifo.inspect} is not a regular file\n" * 4)
+    end
+  end
+
+  it "takes the mode as a String or a Symbol" do
+    File.binwrite(path, [1.5, 2.5].pack("E*"))
+    expect(Numo::DFloat.memmap(path, mode: :r)).to be_frozen
+    c = Numo::DFloat.memmap(path, mode: :c)
+    c[0] = 9
+    expect(Numo::DFloat.memmap(path, mode: :"r+").to_a).to eq([1.5, 2.5])
+    expect(Numo::Int8.memmap(File.join(dir, "new.npy"), shape: [2], mode: :"w+").shape).to eq([2])
+    expect { Numo::DFloat.memmap(path, mode: :rw) }
+      .to raise_error(ArgumentError, 'mode must be "r", "r+", "w+" or "c", not "rw"')
+    expect { Numo::DFloat.memmap(path, mode: 1) }
+      .to raise_error(TypeError, 'mode must be a String or a Symbol ("r", "r+", "w+" or "c"), not 1')
+  end
+
+  it "refuses a path that is not a String or Pathname, and an offset that is not an Integer" do
+    File.binwrite(path, "\0" * 16)
+    expect { Numo::DFloat.memmap(nil, shape: [2]) }
+      .to raise_error(TypeError, "memmap needs a path (a String or Pathname), not nil")
+    expect { Numo::DFloat.memmap(3, shape: [2]) }
+      .to raise_error(TypeError, "memmap needs a path (a String or Pathname), not 3")
+    expect(Numo::DFloat.memmap(Pathname(path), mode: "r").size).to eq(2)
+    expect { Numo::DFloat.memmap(path, offset: "1") }.to raise_error(TypeError, 'offset must be an Integer, not "1"')
+    expect { Numo::DFloat.memmap(path, offset: 8.0) }.to raise_error(TypeError, "offset must be an Integer, not 8.0")
+    expect { Numo::DFloat.memmap(path, offset: nil) }.to raise_error(TypeError, "offset must be an Integer, not nil")
+  end
+
+  it "removes a file that a failed w+ created, names it in the message, and keeps one it did not create" do
+    attempt = lambda do |file|
+      in_child do
+        Process.setrlimit(:FSIZE, 1 << 20)
+        Signal.trap(:XFSZ, "IGNORE")
+        Numo::DFloat.memmap(file, shape: [1 << 20], mode: "w+")
+      end
+    end
+    npy = File.join(dir, "big.npy")
+    { path => 8 << 20, npy => (8 << 20) + 128 }.each do |file, bytes|
+      result = attempt.call(file)
+      expect(result).to be_a(Errno::EFBIG)
+      expect(result.message)
+        .to eq("File too large - sizing file #{file.inspect} to 8.0 MiB (#{bytes} bytes) for memmap")
+      expect(File.exist?(file)).to be(false)
+    end
+    File.binwrite(path, "existing")
+    expect(attempt.call(path)).to be_a(Errno::EFBIG)
+    expect(File.exist?(path)).to be(true) # w+ truncated it, as numpy's does; it was not ours to remove
   end
 
   it "keeps the mapping alive exactly as long as the array or a view of it" do

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "etc"
+
 RSpec.describe "named shared arrays" do
   let(:name) { segment_name }
 
@@ -81,6 +83,42 @@ RSpec.describe "named shared arrays" do
     end
   end
 
+  it "takes any class from NArray.open_shared, and refuses another class than the segment's" do
+    Numo::DFloat.new_shared(2, name:).fill(1.5)
+    expect(Numo::NArray.open_shared(name)).to be_a(Numo::DFloat)
+    expect(Numo::DFloat.open_shared(name).to_a).to eq([1.5, 1.5])
+    expect { Numo::Int32.open_shared(name) }
+      .to raise_error(TypeError, "shared-memory segment /dev/shm/#{name} holds Numo::DFloat, not Numo::Int32")
+    expect { Numo::SFloat.open_shared(name, readonly: true) }.to raise_error(TypeError, /holds Numo::DFloat, not/)
+  end
+
+  it "refuses a segment that another user owns, even one anybody may write" do
+    skip "only root can give a segment to another user" unless Process.euid.zero?
+
+    Numo::DFloat.new_shared(2, name:)
+    nobody = Etc.getpwnam("nobody").uid
+    File.chown(nobody, nobody, "/dev/shm/#{name}")
+    File.chmod(0o666, "/dev/shm/#{name}")
+    [false, true].each do |readonly|
+      expect { Numo::NArray.open_shared(name, readonly:) }.to raise_error(
+        Errno::EACCES, "Permission denied - opening shared-memory segment /dev/shm/#{name}: " \
+                       "it belongs to uid #{nobody}, not to this user (uid 0)"
+      )
+    end
+  end
+
+  it "refuses a FIFO at the name at once instead of blocking on it" do
+    File.mkfifo("/dev/shm/#{name}")
+    out = run_ruby_within(20, <<~RUBY)
+      [true, false].each do |readonly|
+        Numo::NArray.open_shared(#{name.inspect}, readonly:)
+      rescue Numo::Shared::FormatError => e
+        puts e.message
+      end
+    RUBY
+    expect(out).to eq("shared-memory segment /dev/shm/#{name} is not a regular file\n" * 2)
+  end
+
   describe "segments that are not what they claim" do
     def patch(offset, bytes)
       File.open("/dev/shm/#{name}", "r+b") { |f| f.pwrite(bytes, offset) }
@@ -135,19 +173,32 @@ RSpec.describe "named shared arrays" do
     expect(File.exist?("/dev/shm/#{name}")).to be(false)
   end
 
-  it "lists this user's segments and sweeps those whose creator is gone" do
+  it "lists this user's segments and sweeps those whose creator is gone, under a prefix" do
     mine = Numo::Int8.new_shared(3, name:)
     orphan = segment_name
     run_ruby("Numo::UInt16.new_shared(2, 5, name: #{orphan.inspect})")
-    found = Numo::Shared.segments.to_h { |s| [s.name, s.to_h] }
+    found = Numo::Shared.segments(prefix: segment_prefix).to_h { |s| [s.name, s.to_h] }
+    expect(found.keys).to all(start_with(segment_prefix))
     expect(found[name]).to eq(name:, type: "Numo::Int8", shape: [3], bytes: 3, creator_pid: Process.pid,
                               creator_alive: true)
     expect(found[orphan]).to include(type: "Numo::UInt16", shape: [2, 5], bytes: 20, creator_alive: false)
     expect(found[orphan][:creator_pid]).not_to eq(Process.pid)
-    expect(Numo::Shared.sweep).to include(orphan)
+    expect(Numo::Shared.sweep(prefix: segment_prefix)).to eq([orphan])
     expect(File.exist?("/dev/shm/#{orphan}")).to be(false)
     expect(File.exist?("/dev/shm/#{name}")).to be(true)
     expect(mine.size).to eq(3)
+  end
+
+  it "leaves segments outside the prefix alone, however dead their creator" do
+    foreign = "numo-foreign-#{SecureRandom.hex(4)}"
+    orphan = segment_name
+    run_ruby("[#{foreign.inspect}, #{orphan.inspect}].each { |n| Numo::DFloat.new_shared(2, name: n) }")
+    expect(Numo::Shared.segments.map(&:name)).to include(foreign, orphan)
+    expect(Numo::Shared.segments(prefix: segment_prefix).map(&:name)).to eq([orphan])
+    expect(Numo::Shared.sweep(prefix: segment_prefix)).to eq([orphan])
+    expect(File.exist?("/dev/shm/#{foreign}")).to be(true)
+  ensure
+    Numo::NArray.unlink_shared(foreign) if foreign && File.exist?("/dev/shm/#{foreign}")
   end
 
   it "frees mappings and descriptors of arrays opened thousands of times" do

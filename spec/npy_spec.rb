@@ -111,6 +111,32 @@ RSpec.describe "Numo::NArray.memmap with .npy files" do
       .to raise_error(Numo::Shared::FormatError, /has 920 bytes, too short for offset 128 \+ 800 bytes of data/)
   end
 
+  it "says that structured dtypes are not supported" do
+    run_python("import numpy as np; np.save(#{path.inspect}, np.zeros(2, dtype=[('a', '<i4'), ('b', '<f8')]))")
+    expect { Numo::NArray.memmap(path, mode: "r") }.to raise_error(
+      Numo::Shared::FormatError,
+      "#{path.inspect} holds a structured numpy dtype ([('a', '<i4'), ('b', '<f8')]), which numo-shared " \
+      "does not map: save each field as a .npy of its own (numpy: a['a'])"
+    )
+  end
+
+  it "names a missing file in plain words, in every mode that reads one" do
+    missing = File.join(dir, "missing.npy")
+    %w[r r+ c].each do |mode|
+      expect { Numo::NArray.memmap(missing, mode:) }
+        .to raise_error(Errno::ENOENT, "No such file or directory - opening file #{missing.inspect} for memmap")
+    end
+  end
+
+  it "refuses offset: when creating a .npy, whose data numpy reads right after the header" do
+    expect { Numo::DFloat.memmap(path, shape: [2], mode: "w+", offset: 64) }.to raise_error(
+      ArgumentError, "offset: cannot be used to create a .npy file: numpy reads its data right after the header"
+    )
+    expect(File.exist?(path)).to be(false)
+    expect(Numo::DFloat.memmap(path, shape: [2], mode: "w+", offset: 0).fill(3).flush.to_a).to eq([3.0, 3.0])
+    expect(run_python("import numpy as np; print(np.load(#{path.inspect}).tolist())")).to eq("[3.0, 3.0]\n")
+  end
+
   it "refuses a type or shape that does not match the file, and Numo::Bit" do
     run_python("import numpy as np; np.save(#{path.inspect}, np.zeros((2, 2), dtype='<i8'))")
     expect do

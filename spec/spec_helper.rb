@@ -4,12 +4,15 @@ require "numo/shared"
 require_relative "support/process_helpers"
 require_relative "support/resource_helpers"
 require_relative "support/spawn_helpers"
+require_relative "support/foreign_segment"
 
 RSpec.configure do |config|
   config.include ProcessHelpers
   config.include ResourceHelpers
   config.include SpawnHelpers
   config.after { remove_spec_segments }
+  config.before(:suite) { ForeignSegment.plant }
+  config.after(:suite) { ForeignSegment.check_and_remove }
   config.disable_monkey_patching!
   config.order = :random
   Kernel.srand config.seed

@@ -8,6 +8,9 @@ require_relative "shared/named"
 require_relative "shared/npy"
 require_relative "shared/memmap"
 
+# numo-narray's namespace. numo-shared adds arrays in shared memory to it
+# ({Numo::NArray.new_shared}, {Numo::NArray.open_shared},
+# {Numo::NArray.memmap}), and {Numo::Parallel}.
 module Numo
   # Numo::NArray arrays whose data lives in +MAP_SHARED+ memory.
   #
@@ -29,6 +32,45 @@ module Numo
       Numo::UInt8, Numo::UInt16, Numo::UInt32, Numo::UInt64,
       Numo::SFloat, Numo::DFloat, Numo::SComplex, Numo::DComplex
     ].freeze
+
+    # The exception classes and internals that the extension defines in Rust
+    # (ext/numo_shared/src/error.rs), described here for the API docs.
+    #
+    # @!parse
+    #   # The base class of the exceptions numo-shared raises of its own; it
+    #   # also raises Ruby's (ArgumentError, TypeError, Errno::*), as each
+    #   # method's docs say.
+    #   # @example
+    #   #   Numo::Shared::FormatError.ancestors.include?(Numo::Shared::Error) # => true
+    #   class Error < StandardError; end
+    #
+    #   # The installed numo-narray does not lay out its arrays as this
+    #   # extension expects: raised by +require "numo/shared"+, which refuses
+    #   # to touch Numo's memory rather than corrupt it.
+    #   # @example
+    #   #   begin
+    #   #     require "numo/shared"
+    #   #   rescue Numo::Shared::LayoutError => e
+    #   #     abort "numo-shared does not support this numo-narray: #{e.message}"
+    #   #   end
+    #   class LayoutError < Error; end
+    #
+    #   # A named segment or a file that does not hold what it should: not
+    #   # made by numo-shared or numpy, a damaged header, a size that does not
+    #   # match it, or a layout that Numo cannot map (big-endian, Fortran
+    #   # order, structured dtypes).
+    #   # @example
+    #   #   File.binwrite("notes.npy", "not numpy")
+    #   #   Numo::NArray.memmap("notes.npy", mode: "r") # raises Numo::Shared::FormatError
+    #   class FormatError < Error; end
+    #
+    #   # The extension's functions behind the Ruby methods.
+    #   # @api private
+    #   module Native; end
+    #
+    #   # The memory that Numo::Parallel's workers return results in.
+    #   # @api private
+    #   class Arena; end
 
     # Bytes of shared memory mapped in this process for +array+ (or for the
     # array that +array+ is a view of); 0 for ordinary arrays.

@@ -17,6 +17,29 @@ module SpawnHelpers
     run_command(RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script)
   end
 
+  # Like run_ruby, for code that could block: the process is killed
+  # (SIGKILL, which it cannot ignore) if it has not finished within
+  # +seconds+, and this raises. Returns its standard output and error.
+  def run_ruby_within(seconds, script)
+    output, status = SpawnHelpers.capture_within(seconds, [RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script])
+    raise "ruby was still running after #{seconds} s and was killed: #{script}" unless status
+
+    output
+  end
+
+  # Output (stdout and stderr) and exit status of the command +argv+ (run
+  # with IO.popen +options+); the status is nil if the command was still
+  # running after +seconds+ and was killed (SIGKILL).
+  def self.capture_within(seconds, argv, **options)
+    IO.popen(argv, err: %i[child out], **options) do |io|
+      reader = Thread.new { io.read }
+      finished = reader.join(seconds)
+      Process.kill(:KILL, io.pid) unless finished
+      [reader.value, finished]
+    end => [output, finished]
+    [output, finished && $CHILD_STATUS]
+  end
+
   # Runs +code+ with Debian's python3 (which has numpy); returns stdout.
   def run_python(code)
     run_command("/usr/bin/python3", "-c", code)
@@ -30,9 +53,15 @@ module SpawnHelpers
     out
   end
 
+  # What the names of this run's segments start with: the specs list and
+  # sweep only these (Numo::Shared.segments(prefix:), sweep(prefix:)).
+  def segment_prefix
+    "numo-spec-#{Process.pid}-"
+  end
+
   # A fresh segment name, removed after the example if it still exists.
   def segment_name
-    name = "numo-spec-#{Process.pid}-#{SecureRandom.hex(4)}"
+    name = "#{segment_prefix}#{SecureRandom.hex(4)}"
     (@segment_names ||= []) << name
     name
   end

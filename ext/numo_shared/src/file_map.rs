@@ -1,11 +1,13 @@
 //! File-backed arrays: `Numo::NArray.memmap`, numpy.memmap's modes over a
 //! file on disk.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use magnus::{prelude::*, RArray, RClass, RString, Ruby, Value};
-use nix::fcntl::{open, OFlag};
-use nix::sys::stat::Mode;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::sys::stat::{fstat, lstat, Mode};
+use nix::unistd::unlink;
 
 use crate::error::{Error, Result};
 use crate::segment::{self, Access, Segment};
@@ -37,8 +39,8 @@ impl FileMode {
         match self {
             FileMode::Read | FileMode::CopyOnWrite => OFlag::O_RDONLY,
             FileMode::ReadWrite => OFlag::O_RDWR,
-            // Never follow a symlink planted at the path of a file we make.
-            FileMode::Create => OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
+            // An existing file (see open_file); never through a symlink.
+            FileMode::Create => OFlag::O_RDWR | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
         }
     }
 
@@ -54,7 +56,8 @@ impl FileMode {
 /// `Numo::Shared::Native.memmap(klass, shape, path, mode, offset, prefix)`:
 /// an array of `klass` over the file at `path` from byte `offset`. `shape`
 /// nil means one dimension, as long as the file allows. With mode `"w+"`,
-/// `prefix` (a .npy header) is written at the start of the new file.
+/// `prefix` (a .npy header) is written at the start of the new file; if
+/// anything fails after `"w+"` created the file, the file is removed.
 pub fn memmap(
     ruby: &Ruby,
     klass: RClass,
@@ -71,74 +74,155 @@ pub fn memmap(
     }
     let start =
         usize::try_from(offset).map_err(|_| Error::Argument("offset is too large".into()))?;
-    let sized = |plan: shared_array::Plan| -> Result<(shared_array::Plan, usize)> {
-        let end = start
-            .checked_add(plan.bytes)
-            .filter(|&end| libc::off_t::try_from(end).is_ok())
-            .ok_or_else(|| {
-                Error::Argument(format!(
-                    "offset {start} + {} bytes of data is more than a file can hold",
-                    plan.bytes
-                ))
-            })?;
-        Ok((plan, end))
-    };
     // A given shape and class are checked before the file is opened: "w+"
     // truncates, and bad input must not cost the file its contents.
-    let requested = match shape {
-        Some(shape) => Some(sized(shared_array::plan(ruby, klass, shape)?)?),
+    let given = match shape {
+        Some(shape) => Some(sized(shared_array::plan(ruby, klass, shape)?, start)?),
         None => None,
     };
-    let raw = open(
-        path.as_str(),
-        mode.open_flags() | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o666),
-    )
-    .map_err(|e| Error::os(e, format!("opening {what} for memmap")))?;
+    let (fd, created) = open_file(&path, mode, &what)?;
+    let request = Request {
+        klass,
+        mode,
+        start,
+        what: &what,
+    };
+    let mapped = request.map(ruby, &fd, given, prefix);
+    if mapped.is_err() && created {
+        remove_created(&path, &fd);
+    }
+    mapped
+}
+
+/// What `memmap` maps, once the file is open.
+struct Request<'a> {
+    klass: RClass,
+    mode: FileMode,
+    start: usize,
+    what: &'a str,
+}
+
+impl Request<'_> {
+    /// Sizes a file being created (writing `prefix` at its start), or checks
+    /// that an existing one holds the data; then maps it. `given` is the plan
+    /// and end of the data for a given shape, `None` for the whole file.
+    fn map(
+        &self,
+        ruby: &Ruby,
+        fd: &OwnedFd,
+        given: Option<(shared_array::Plan, usize)>,
+        prefix: Option<RString>,
+    ) -> Result<Value> {
+        let (start, what) = (self.start, self.what);
+        let (size, regular) = segment::file_size(fd, what)?;
+        if !regular {
+            return Err(Error::Argument(format!("{what} is not a regular file")));
+        }
+        clear_nonblocking(fd, what)?;
+        let (plan, end) = match given {
+            Some(given) => given,
+            None => {
+                let shape = whole_file_shape(ruby, self.klass, size, start as u64, what)?;
+                sized(shared_array::plan(ruby, self.klass, shape)?, start)?
+            }
+        };
+        if self.mode == FileMode::Create {
+            segment::reserve(fd, end, what).map_err(|e| match e {
+                Error::Os { errno, .. } => Error::os(
+                    errno,
+                    format!("sizing {what} to {} for memmap", segment::human_bytes(end)),
+                ),
+                other => other,
+            })?;
+            if let Some(prefix) = prefix {
+                // SAFETY: the slice is used before any Ruby code runs.
+                segment::write_all_at(fd, unsafe { prefix.as_slice() }, 0)
+                    .map_err(|e| Error::os(e, format!("writing the header of {what}")))?;
+            }
+        } else if size < end {
+            return Err(Error::Format(format!(
+                "{what} has {size} bytes, too short for offset {start} + {} bytes of data",
+                plan.bytes
+            )));
+        }
+        let page = segment::page_size();
+        let map_start = start / page * page;
+        let segment = if plan.bytes == 0 {
+            None
+        } else {
+            Some(Segment::map_fd(
+                fd,
+                map_start as u64,
+                end - map_start,
+                what,
+                self.mode.access(),
+            )?)
+        };
+        let array = plan.wrap_at(self.klass, segment, start - map_start)?;
+        if self.mode == FileMode::Read {
+            array.freeze();
+        }
+        Ok(array)
+    }
+}
+
+/// The plan with the end of its data in the file when it starts at `start`.
+fn sized(plan: shared_array::Plan, start: usize) -> Result<(shared_array::Plan, usize)> {
+    let end = start
+        .checked_add(plan.bytes)
+        .filter(|&end| libc::off_t::try_from(end).is_ok())
+        .ok_or_else(|| {
+            Error::Argument(format!(
+                "offset {start} + {} bytes of data is more than a file can hold",
+                plan.bytes
+            ))
+        })?;
+    Ok((plan, end))
+}
+
+/// Opens `path` for `mode`, with `O_NONBLOCK` so that a FIFO at the path
+/// cannot block the open. Returns the descriptor and whether this call
+/// created the file (`"w+"` on a path where nothing was).
+fn open_file(path: &str, mode: FileMode, what: &str) -> Result<(OwnedFd, bool)> {
+    let open_with = |flags: OFlag| {
+        open(
+            path,
+            flags | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::from_bits_truncate(0o666),
+        )
+    };
+    let opened = match mode {
+        // O_EXCL never follows a symlink either.
+        FileMode::Create => match open_with(OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL) {
+            Err(Errno::EEXIST) => open_with(mode.open_flags()).map(|raw| (raw, false)),
+            made => made.map(|raw| (raw, true)),
+        },
+        _ => open_with(mode.open_flags()).map(|raw| (raw, false)),
+    };
+    let (raw, created) = opened.map_err(|e| Error::os(e, format!("opening {what} for memmap")))?;
     // SAFETY: open just returned this descriptor; nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let (size, regular) = segment::file_size(&fd, &what)?;
-    if !regular {
-        return Err(Error::Argument(format!("{what} is not a regular file")));
-    }
-    let (plan, end) = match requested {
-        Some(requested) => requested,
-        None => {
-            let shape = whole_file_shape(ruby, klass, size, offset, &what)?;
-            sized(shared_array::plan(ruby, klass, shape)?)?
+    Ok((unsafe { OwnedFd::from_raw_fd(raw) }, created))
+}
+
+/// Removes the file that `memmap` created at `path` and then failed to map,
+/// if the path still names that file (`fd`'s).
+fn remove_created(path: &str, fd: &OwnedFd) {
+    if let (Ok(ours), Ok(there)) = (fstat(fd.as_raw_fd()), lstat(path)) {
+        if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino) {
+            let _ = unlink(path);
         }
-    };
-    if mode == FileMode::Create {
-        segment::reserve(&fd, end, &what)?;
-        if let Some(prefix) = prefix {
-            // SAFETY: the slice is used before any Ruby code runs.
-            segment::write_all_at(&fd, unsafe { prefix.as_slice() }, 0)
-                .map_err(|e| Error::os(e, format!("writing the header of {what}")))?;
-        }
-    } else if size < end {
-        return Err(Error::Format(format!(
-            "{what} has {size} bytes, too short for offset {start} + {} bytes of data",
-            plan.bytes
-        )));
     }
-    let page = segment::page_size();
-    let map_start = start / page * page;
-    let segment = if plan.bytes == 0 {
-        None
-    } else {
-        Some(Segment::map_fd(
-            &fd,
-            map_start as u64,
-            end - map_start,
-            &what,
-            mode.access(),
-        )?)
-    };
-    let array = plan.wrap_at(klass, segment, start - map_start)?;
-    if mode == FileMode::Read {
-        array.freeze();
-    }
-    Ok(array)
+}
+
+/// Clears `O_NONBLOCK` on `fd`, which was opened with it only so that a
+/// FIFO at the path could not block the open.
+pub fn clear_nonblocking(fd: &impl AsFd, what: &str) -> Result<()> {
+    let raw = fd.as_fd().as_raw_fd();
+    let context = || format!("opening {what}");
+    let flags = fcntl(raw, FcntlArg::F_GETFL).map_err(|e| Error::os(e, context()))?;
+    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    fcntl(raw, FcntlArg::F_SETFL(flags)).map_err(|e| Error::os(e, context()))?;
+    Ok(())
 }
 
 /// `[n]`: as many elements of `klass` as fit after `offset`.

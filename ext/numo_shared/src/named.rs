@@ -5,12 +5,14 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use magnus::{prelude::*, RArray, RClass, Ruby, Value};
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{fstat, Mode};
 use nix::unistd::getpid;
 
 use crate::error::{Error, Result};
+use crate::file_map;
 use crate::header::{self, Header};
 use crate::segment::{self, Access, Segment};
 use crate::shared_array;
@@ -118,13 +120,14 @@ pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
     } else {
         OFlag::O_RDWR
     };
+    // O_NONBLOCK: a FIFO planted at the name must not block the open.
     let fd = shm_open(
         shm_path(&name).as_str(),
-        mode | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        mode | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
         Mode::empty(),
     )
     .map_err(|e| Error::os(e, format!("opening {what}")))?;
-    let (total, _) = segment::file_size(&fd, &what)?;
+    let total = own_segment_size(&fd, &what)?;
     let header = read_header(&fd, total, &what)?;
     let klass = class_named(ruby, &header.class_name, &what)?;
     let shape = RArray::from_vec(header.shape.iter().map(|&d| d as u64).collect());
@@ -152,6 +155,29 @@ pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
         array.freeze();
     }
     Ok(array)
+}
+
+/// The size of the segment open at `fd`, once it is known to be a regular
+/// file of this user: /dev/shm is world-writable, so another user can plant
+/// a segment (or a FIFO) under the name this user expects.
+fn own_segment_size(fd: &OwnedFd, what: &str) -> Result<usize> {
+    let stat = fstat(fd.as_raw_fd()).map_err(|e| Error::os(e, format!("opening {what}")))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Error::Format(format!("{what} is not a regular file")));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if stat.st_uid != uid {
+        return Err(Error::os(
+            Errno::EACCES,
+            format!(
+                "opening {what}: it belongs to uid {}, not to this user (uid {uid})",
+                stat.st_uid
+            ),
+        ));
+    }
+    file_map::clear_nonblocking(fd, what)?;
+    usize::try_from(stat.st_size).map_err(|_| Error::Format(format!("{what} has a negative size")))
 }
 
 fn read_header(fd: &impl AsFd, total: usize, what: &str) -> Result<Header> {

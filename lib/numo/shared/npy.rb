@@ -28,19 +28,17 @@ module Numo
         File.extname(path.to_s).casecmp?(".npy")
       end
 
-      # The header of the .npy file at +path+.
+      # The header at the start of +file+, the .npy file at +path+.
       # @raise [Numo::Shared::FormatError] for files that are not .npy, damaged
       #   headers, and layouts Numo cannot map (big-endian, Fortran order,
-      #   dtypes without a Numo class)
-      def read_header(path)
-        File.open(path, "rb") do |file|
-          length_size = read_prelude(path, file.read(8) || "")
-          length = (file.read(length_size) || "").unpack1(length_size == 2 ? "v" : "V")
-          text = file.read(length.to_i) || ""
-          raise FormatError, "#{path.inspect} has a truncated .npy header" if length.nil? || text.bytesize < length
+      #   structured dtypes, dtypes without a Numo class)
+      def read_header(file, path)
+        length_size = read_prelude(path, file.read(8) || "")
+        length = (file.read(length_size) || "").unpack1(length_size == 2 ? "v" : "V")
+        text = file.read(length.to_i) || ""
+        raise FormatError, "#{path.inspect} has a truncated .npy header" if length.nil? || text.bytesize < length
 
-          parse(path, text, 8 + length_size + length)
-        end
+        parse(path, text, 8 + length_size + length)
       end
 
       # The bytes of a .npy header for +type+ and +shape+: version 1.0 when the
@@ -75,6 +73,7 @@ module Numo
       end
 
       def parse(path, text, offset)
+        refuse_structured(path, text)
         descr = text[/'descr'\s*:\s*'([^']*)'/, 1]
         fortran = text[/'fortran_order'\s*:\s*(True|False)/, 1]
         shape = parse_shape(text[/'shape'\s*:\s*\(([^)]*)\)/, 1])
@@ -88,6 +87,16 @@ module Numo
                              "save it from numpy in C order (numpy.ascontiguousarray)"
         end
         Header.new(type_for(path, descr), shape, offset)
+      end
+
+      # A structured dtype's descr is a list of fields, each of its own dtype.
+      def refuse_structured(path, text)
+        fields = text[/'descr'\s*:\s*(\[.*\])\s*,\s*'(?:fortran_order|shape)'/, 1]
+        return unless fields || text.match?(/'descr'\s*:\s*\[/)
+
+        raise FormatError, "#{path.inspect} holds a structured numpy dtype (#{fields || 'a list of fields'}), " \
+                           "which numo-shared does not map: save each field as a .npy of its own " \
+                           "(numpy: a['#{fields.to_s[/\('([^']*)'/, 1] || 'field'}'])"
       end
 
       # The dimensions in the text of a shape tuple, or nil if it is not one.
