@@ -21,13 +21,62 @@ module Numo
     WITHOUT_RESULTS = %i[each each_with_index any? all?].freeze
 
     class << self
+      # @!method map(source, options = {}, &block)
+      #   {::Parallel.map}: the block's value for every item, in order. NArrays
+      #   in the values come back from worker processes through shared memory.
+      #   @param source [Array, Range, Proc, #each] the items, as the gem takes them
+      #   @param options [Hash] the gem's options (in_processes, in_threads,
+      #     progress, start, finish, isolation, ...)
+      #   @return [Array] what {::Parallel.map} returns
+      #   @example
+      #     Numo::Parallel.map([1, 2], in_processes: 2) { |n| Numo::DFloat.new(n).seq }
+      #     # => [Numo::DFloat[0], Numo::DFloat[0, 1]]
+      # @!method map_with_index(source, options = {}, &block)
+      #   {::Parallel.map_with_index}: as {map}, the block also gets the index.
+      #   @return [Array] what {::Parallel.map_with_index} returns
+      #   @example
+      #     Numo::Parallel.map_with_index([5, 6], in_processes: 2) { |x, i| Numo::Int32[x, i] }
+      #     # => [Numo::Int32[5, 0], Numo::Int32[6, 1]]
+      # @!method flat_map(source, options = {}, &block)
+      #   {::Parallel.flat_map}: {map}, flattened one level.
+      #   @return [Array] what {::Parallel.flat_map} returns
+      #   @example
+      #     Numo::Parallel.flat_map([1, 2], in_processes: 2) { |n| [n, Numo::Int8.new(n).fill(n)] }
+      #     # => [1, Numo::Int8[1], 2, Numo::Int8[2, 2]]
+      # @!method filter_map(source, options = {}, &block)
+      #   {::Parallel.filter_map}: {map} without the nil values.
+      #   @return [Array] what {::Parallel.filter_map} returns
+      #   @example
+      #     Numo::Parallel.filter_map(1..3, in_processes: 2) { |n| Numo::DFloat[n] if n.odd? }
+      #     # => [Numo::DFloat[1], Numo::DFloat[3]]
+      # @!method each(source, options = {}, &block)
+      #   {::Parallel.each}: runs the block for every item; its values are not
+      #   sent back (unless a +finish+ hook takes them), so nothing is exported.
+      #   @return [Object] what {::Parallel.each} returns (the source)
+      #   @example
+      #     out = Numo::DFloat.new_shared(3)
+      #     Numo::Parallel.each(0...3, in_processes: 2) { |i| out[i] = i * 10 }
+      #     out.to_a # => [0.0, 10.0, 20.0]
+      # @!method each_with_index(source, options = {}, &block)
+      #   {::Parallel.each_with_index}: as {each}, the block also gets the index.
+      #   @return [Object] what {::Parallel.each_with_index} returns
+      #   @example
+      #     out = Numo::Int32.new_shared(2)
+      #     Numo::Parallel.each_with_index([7, 8], in_processes: 2) { |x, i| out[i] = x }
+      #     out.to_a # => [7, 8]
+      # @!method any?(source, options = {}, &block)
+      #   {::Parallel.any?}: whether the block is true for any item.
+      #   @return [Boolean]
+      #   @example
+      #     Numo::Parallel.any?([1, 2, 3], in_processes: 2) { |n| Numo::DFloat.new(n).seq.sum > 2 } # => true
+      # @!method all?(source, options = {}, &block)
+      #   {::Parallel.all?}: whether the block is true for every item.
+      #   @return [Boolean]
+      #   @example
+      #     Numo::Parallel.all?([1, 2, 3], in_processes: 2) { |n| Numo::DFloat.new(n).seq.sum > 2 } # => false
       ITERATION_METHODS.each do |name|
         next unless ::Parallel.respond_to?(name)
 
-        # @!method map(source, options = {}, &block)
-        #   {::Parallel.map} with NArray results returned through shared memory.
-        #   @example
-        #     Numo::Parallel.map([1, 2], in_processes: 2) { |n| Numo::DFloat.new(n).seq } # => [DFloat[0], DFloat[0, 1]]
         define_method(name) do |*args, &block|
           through_shared_memory(block, returns_results?(name, args[1])) do |worker_block|
             ::Parallel.public_send(name, *args, &worker_block)
@@ -39,7 +88,7 @@ module Numo
       # processes and returns the results, NArrays through shared memory.
       #
       # @example
-      #   Numo::Parallel.in_processes(2) { |i| Numo::Int32[i] } # => [Int32[0], Int32[1]]
+      #   Numo::Parallel.in_processes(2) { |i| Numo::Int32[i] } # => [Numo::Int32[0], Numo::Int32[1]]
       def in_processes(options = {}, &)
         count = options.is_a?(Hash) ? options[:count] : options
         opts = options.is_a?(Hash) ? options : {}

@@ -68,9 +68,16 @@ module Numo
     #   # @api private
     #   module Native; end
     #
-    #   # The memory that Numo::Parallel's workers return results in.
+    #   # What one Numo::Parallel call shares between the parent and its
+    #   # workers (a token, a region for small results, the socket that
+    #   # carries large results' memory).
     #   # @api private
     #   class Arena; end
+    #
+    #   # Prepended to the numeric classes in Numo::Parallel worker processes
+    #   # only: large arrays get memory from the worker's pool.
+    #   # @api private
+    #   module WorkerAllocation; end
 
     # Bytes of shared memory mapped in this process for +array+ (or for the
     # array that +array+ is a view of); 0 for ordinary arrays.

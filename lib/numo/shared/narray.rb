@@ -53,6 +53,35 @@ module Numo
     #     Numo::DFloat.new_shared(3).shared?       # => true
     #     Numo::DFloat.new_shared(3)[0..1].shared? # => true
     #     Numo::DFloat.zeros(3).shared?            # => false
+    #     Numo::DFloat.new_shared(3).free.shared?  # => false
+
+    # @!method free
+    #   Numo's +free+ would +xfree+ the mapped pointer. For a shared array,
+    #   +free+ gives up its memory in this process now (other processes keep
+    #   theirs) and freezes the array. From then on every method that reads or
+    #   writes its data raises RuntimeError, saying that it was freed, and
+    #   +shared?+ is false; views made of it before raise Numo's own
+    #   "cannot read unallocated NArray". (A read-only array, frozen from the
+    #   start, raises Numo's error too.) Ordinary arrays: as Numo.
+    #   @return [self]
+    #   @example
+    #     a = Numo::DFloat.new_shared(1_000_000)
+    #     a.free
+    #     a.frozen? # => true
+    #     a.sum     # raises RuntimeError
+
+    # @!method store_binary(string, offset = 0)
+    #   Numo's +store_binary+ with a frozen String would swap the data pointer
+    #   for the String's, detaching the array from shared memory. For shared
+    #   arrays and their views the bytes are copied into the shared memory
+    #   instead, at the right place for views. Ordinary arrays: as Numo.
+    #   @param string [String] raw bytes in this class's element format
+    #   @param offset [Integer] byte offset into +string+
+    #   @return [Integer] the number of bytes stored
+    #   @example
+    #     a = Numo::Int32.new_shared(2)
+    #     a.store_binary(Numo::Int32[7, 8].to_binary.freeze) # => 8
+    #     a.to_a # => [7, 8]
 
     # A new shared array with this array's class, shape and values. Works on
     # views and non-contiguous arrays; the result is contiguous.
@@ -72,19 +101,7 @@ module Numo
     # memory of a shared array.
     # @api private
     module SharedGuards
-      # Numo's +free+ would +xfree+ the mapped pointer. For a shared array,
-      # +free+ gives up its memory in this process now (other processes keep
-      # theirs) and freezes the array; from then on every method that reads or
-      # writes its data raises, saying that it was freed, and +shared?+ is
-      # false. Views of it made before raise Numo's own error
-      # ("cannot read unallocated NArray").
-      #
-      # @return [self]
-      # @example
-      #   a = Numo::DFloat.new_shared(1_000_000)
-      #   a.free
-      #   a.frozen? # => true
-      #   a.shared? # => false
+      # See NArray#free.
       def free
         if Numo::Shared::Native.ours?(self) && !frozen?
           extend(Numo::Shared::FreedArray.for(self.class))
@@ -96,18 +113,7 @@ module Numo
         super
       end
 
-      # Numo's +store_binary+ with a frozen String would swap the data pointer
-      # for the String's (detaching the array from shared memory and freeing the
-      # mapping with +xfree+). For shared arrays and their views the bytes are
-      # copied into the shared memory instead, at the right place for views.
-      #
-      # @param string [String] raw bytes in this class's element format
-      # @param offset [Integer] byte offset into +string+
-      # @return [Integer] the number of bytes stored
-      # @example
-      #   a = Numo::Int32.new_shared(2)
-      #   a.store_binary(Numo::Int32[7, 8].to_binary.freeze) # => 8
-      #   a.to_a # => [7, 8]
+      # See NArray#store_binary.
       def store_binary(string, offset = 0)
         return super unless shared?
 
