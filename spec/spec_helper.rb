@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "numo/shared"
+require "timeout"
 require_relative "support/process_helpers"
 require_relative "support/resource_helpers"
 require_relative "support/spawn_helpers"
@@ -11,6 +12,8 @@ RSpec.configure do |config|
   config.include ResourceHelpers
   config.include SpawnHelpers
   config.after { remove_spec_segments }
+  # No example may hang the suite: after 5 minutes it fails (and says so).
+  config.around { |example| Timeout.timeout(300, Timeout::Error, "example still running after 300 s", &example) }
   config.before(:suite) { ForeignSegment.plant }
   config.after(:suite) { ForeignSegment.check_and_remove }
   config.disable_monkey_patching!

@@ -157,12 +157,13 @@ module Numo
         end
       end
 
+      # The block the gem runs. In a worker (from its first item on, large
+      # arrays are allocated in its pool) it records the NArrays of each
+      # result that the gem sends back, for export.
       def worker_block(arena, block, returns)
         lambda do |*item|
-          case arena.enter_worker
-          when 0 then return block.call(*item) # the parent itself: threads, or no workers
-          when 2 then install_worker_allocation
-          end
+          return block.call(*item) if arena.enter_worker.zero? # the parent itself: threads, or no workers
+
           result = block.call(*item)
           arena.expect_exports(result) if returns
           result
@@ -176,18 +177,12 @@ module Numo
         row_bytes = out.byte_size / [out.shape.first, 1].max
         all = Array.new(row_shape.size, true)
         lambda do |item, index|
-          install_worker_allocation if Numo::Shared::Native.activate_pool(parent_pid)
+          Numo::Shared::Native.activate_pool(parent_pid)
           row = stack_row(block.call(item), type, row_shape, item, index)
           Numo::Shared::Native.populate(out, index * row_bytes, row_bytes)
           out[index, *all] = row
           nil
         end
-      end
-
-      # In a worker process, once: large arrays get their memory from the
-      # worker's pool of shared memory from now on.
-      def install_worker_allocation
-        Numo::Shared::CLASSES.each { |klass| klass.prepend(Numo::Shared::WorkerAllocation) }
       end
 
       def check_stack_type(type)

@@ -32,6 +32,9 @@ module Numo
       Numo::UInt8, Numo::UInt16, Numo::UInt32, Numo::UInt64,
       Numo::SFloat, Numo::DFloat, Numo::SComplex, Numo::DComplex
     ].freeze
+    # Empty here; Numo::Parallel's worker processes define its +allocate+
+    # (prepending it there would cost each worker copies of shared pages).
+    CLASSES.each { |klass| klass.prepend(WorkerAllocation) }
 
     # The exception classes and internals that the extension defines in Rust
     # (ext/numo_shared/src/error.rs), described here for the API docs.
@@ -74,8 +77,8 @@ module Numo
     #   # @api private
     #   class Arena; end
     #
-    #   # Prepended to the numeric classes in Numo::Parallel worker processes
-    #   # only: large arrays get memory from the worker's pool.
+    #   # Prepended to the numeric classes; in Numo::Parallel worker
+    #   # processes only, it gives large arrays memory from the worker's pool.
     #   # @api private
     #   module WorkerAllocation; end
 

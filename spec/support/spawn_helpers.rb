@@ -11,10 +11,20 @@ require "tmpdir"
 module SpawnHelpers
   LIB = File.expand_path("../../lib", __dir__)
 
+  # How long a spawned process may run before it is killed (a hang in one
+  # fails its example instead of stopping the suite).
+  SPAWN_TIMEOUT = 120
+
   # Runs +script+ in a new Ruby process (Process.spawn through IO.popen)
-  # that has required numo/shared; returns its standard output.
+  # that has required numo/shared; returns its standard output and error.
+  # Raises if it fails, or is still running after SPAWN_TIMEOUT seconds.
   def run_ruby(script)
-    run_command(RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script)
+    output, status = SpawnHelpers.capture_within(SPAWN_TIMEOUT,
+                                                 [RbConfig.ruby, "-I", LIB, "-rnumo/shared", "-e", script])
+    raise "ruby was still running after #{SPAWN_TIMEOUT} s and was killed: #{script}" unless status
+    raise "ruby exited with #{status.exitstatus.inspect} (#{status}): #{output}" unless status.success?
+
+    output
   end
 
   # Like run_ruby, for code that could block: the process is killed

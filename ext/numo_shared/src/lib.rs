@@ -68,9 +68,9 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     arena.define_method("enter_worker", method!(worker::enter, 0))?;
     arena.define_method("expect_exports", method!(expect_exports, 1))?;
 
-    // Prepended to Numo's numeric classes in worker processes only.
-    let hook = shared.define_module("WorkerAllocation")?;
-    hook.define_method("allocate", method!(worker::allocate, 0))?;
+    // Prepended (empty) to Numo's numeric classes at load; its `allocate`
+    // is defined in worker processes only (see worker::arm_allocation).
+    shared.define_module("WorkerAllocation")?;
 
     let narray: RClass = numo.const_get("NArray")?;
     narray.define_method("shared?", method!(shared_array::is_shared, 0))?;

@@ -142,13 +142,14 @@ pub fn activate() {
 
 /// `Numo::Shared::Native.activate_pool(parent_pid)`: in a process other
 /// than `parent_pid` (a worker of `Numo::Parallel.stack`), activates the
-/// pool; true the first time (the caller then installs the allocation hook).
+/// pool and the allocation hook; true the first time.
 pub fn activate_in_child(parent_pid: i32) -> bool {
     let me = pid::current().as_raw();
     if me == parent_pid || lock().as_ref().is_some_and(|p| p.owner == me) {
         return false;
     }
     activate();
+    crate::worker::arm_allocation();
     true
 }
 

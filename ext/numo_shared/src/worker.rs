@@ -48,8 +48,7 @@ fn lock() -> MutexGuard<'static, Option<Worker>> {
 
 /// `arena.enter_worker` at the start of every item: 0 in the process that
 /// made the arena (the gem runs the block in threads or in-process), 2 the
-/// first time in a worker process (the caller then installs the allocation
-/// hook), 1 afterwards.
+/// first time in a worker process, 1 afterwards.
 pub fn enter(arena: &Arena) -> u8 {
     let shared = arena.shared();
     let me = pid::current().as_raw();
@@ -73,7 +72,28 @@ pub fn enter(arena: &Arena) -> u8 {
     drop(guard);
     shared.close_receiver_copy();
     pool::activate();
+    arm_allocation();
     2
+}
+
+/// Gives `Numo::Shared::WorkerAllocation`, prepended to Numo's numeric
+/// classes when the gem is loaded, its `allocate`, in this (worker) process
+/// only: large arrays get memory from the pool from now on. Prepending costs
+/// a forked process copies of many pages it shares with its parent;
+/// defining one method in a module already in place costs few.
+pub fn arm_allocation() {
+    let Ok(ruby) = magnus::Ruby::get() else {
+        return;
+    };
+    let hook: Option<magnus::RModule> = ruby
+        .class_object()
+        .const_get::<_, magnus::RModule>("Numo")
+        .and_then(|numo| numo.const_get::<_, magnus::RModule>("Shared"))
+        .and_then(|shared| shared.const_get("WorkerAllocation"))
+        .ok();
+    if let Some(hook) = hook {
+        let _ = hook.define_method("allocate", magnus::method!(allocate, 0));
+    }
 }
 
 /// `arena.expect_exports(result)` after an item whose result the gem sends
