@@ -77,6 +77,12 @@ module Numo
     #   # @api private
     #   class Arena; end
     #
+    #   # Every shared array is extended with it: refuses +initialize+ and
+    #   # +initialize_copy+, which would re-shape it over a mapping of the
+    #   # old size.
+    #   # @api private
+    #   module Reinitialization; end
+    #
     #   # Prepended to the numeric classes; in Numo::Parallel worker
     #   # processes only, it gives large arrays memory from the worker's pool.
     #   # @api private

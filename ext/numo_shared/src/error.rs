@@ -44,6 +44,8 @@ pub enum Error {
     Layout(String),
     /// A segment or file whose contents are not what they must be.
     Format(String),
+    /// A change to an array whose memory cannot change (FrozenError).
+    Frozen(String),
     /// An exception Ruby raised in a call made from Rust (or a pending
     /// jump, such as a thread being killed), passed on as it is.
     Ruby(magnus::Error),
@@ -69,6 +71,7 @@ impl Error {
             Error::Argument(msg) => (ruby.exception_arg_error(), msg),
             Error::Layout(msg) => (ruby.get_inner(&LAYOUT_ERROR), msg),
             Error::Format(msg) => (ruby.get_inner(&FORMAT_ERROR), msg),
+            Error::Frozen(msg) => (ruby.exception_frozen_error(), msg),
             Error::Os { errno, context } => match errno_class(ruby, errno) {
                 // Errno classes build "<strerror> - <context>" from one argument.
                 Some(class) => (class, context),

@@ -68,6 +68,18 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     arena.define_method("enter_worker", method!(worker::enter, 0))?;
     arena.define_method("expect_exports", method!(expect_exports, 1))?;
 
+    // Every shared array is extended with it (see shared_array::install).
+    let reinit = shared.define_module("Reinitialization")?;
+    reinit.define_private_method(
+        "initialize",
+        method!(shared_array::guard_reinitialization, -1),
+    )?;
+    reinit.define_private_method(
+        "initialize_copy",
+        method!(shared_array::guard_reinitialization, -1),
+    )?;
+    shared_array::set_reinitialization_guard(reinit.as_raw());
+
     // Prepended (empty) to Numo's numeric classes at load; its `allocate`
     // is defined in worker processes only (see worker::arm_allocation).
     shared.define_module("WorkerAllocation")?;

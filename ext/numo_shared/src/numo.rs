@@ -259,11 +259,43 @@ pub unsafe fn layout_mismatch(probe: VALUE, shape: &[usize], element_bytes: u32)
     None
 }
 
+/// The class of `obj`, past its singleton class (shared arrays have one:
+/// they are extended with `Numo::Shared::Reinitialization`).
+pub fn real_class(obj: magnus::Value) -> magnus::RClass {
+    use magnus::rb_sys::{AsRawValue, FromRawValue};
+    // SAFETY: rb_obj_class returns a live class for a live object.
+    unsafe {
+        let klass = magnus::Value::from_raw(rb_sys::rb_obj_class(obj.as_raw()));
+        magnus::RClass::from_value(klass).expect("rb_obj_class returns a class")
+    }
+}
+
 /// `super` from a method written in Rust (the allocation hook), with Ruby's
 /// exceptions returned as errors.
 pub fn call_super() -> std::result::Result<magnus::Value, magnus::Error> {
+    call_super_with(&[])
+}
+
+/// `super(*args)` (and the block) from a method written in Rust.
+pub fn call_super_with(
+    args: &[magnus::Value],
+) -> std::result::Result<magnus::Value, magnus::Error> {
+    use magnus::rb_sys::AsRawValue;
+    let mut raw = [0 as VALUE; 4];
+    let heap: Vec<VALUE>;
+    let argv: &[VALUE] = if args.len() <= raw.len() {
+        for (slot, arg) in raw.iter_mut().zip(args) {
+            *slot = arg.as_raw();
+        }
+        &raw[..args.len()]
+    } else {
+        heap = args.iter().map(|a| a.as_raw()).collect();
+        &heap
+    };
     // SAFETY: called from a method body; rb_call_super uses its frame.
-    let value = magnus::rb_sys::protect(|| unsafe { rb_sys::rb_call_super(0, std::ptr::null()) })?;
+    let value = magnus::rb_sys::protect(|| unsafe {
+        rb_sys::rb_call_super(argv.len() as std::ffi::c_int, argv.as_ptr())
+    })?;
     // SAFETY: a live value returned by the method.
     Ok(unsafe { <magnus::Value as magnus::rb_sys::FromRawValue>::from_raw(value) })
 }

@@ -298,7 +298,7 @@ impl Plan {
     pub fn for_object(obj: Value, dims: Vec<usize>, flags: u8) -> Result<Plan> {
         let elements = elements_of(&dims)?;
         // numo_class_of checks obj's own type, which is all check_class would.
-        let mut plan = plan_from(obj.class(), obj, dims.clone(), elements, || {
+        let mut plan = plan_from(numo::real_class(obj), obj, dims.clone(), elements, || {
             format!("{dims:?}")
         })?;
         plan.template.base.flag[0] = flags;
@@ -333,7 +333,7 @@ impl Plan {
         let obj = ruby_alloc::typed_object(klass.as_raw(), ty)?;
         let array = self.build(segment, delta)?;
         // SAFETY: obj is ours, its pointer is still NULL.
-        Ok(unsafe { install(obj, array) })
+        unsafe { install(obj, array) }
     }
 
     /// Turns `obj`, an unallocated array just made by its class's allocator
@@ -351,7 +351,7 @@ impl Plan {
                 std::ptr::null_mut(),
                 old,
             );
-            Ok(install(raw, array))
+            install(raw, array)
         }
     }
 
@@ -579,11 +579,30 @@ unsafe fn swap_struct(
 }
 
 /// Puts `array` behind `obj`, whose data pointer is NULL and whose type is ours.
-unsafe fn install(obj: VALUE, array: Box<SharedArray>) -> Value {
+/// Then extends `obj` with `Numo::Shared::Reinitialization` (see
+/// `guard_reinitialization`); if that fails, `obj` still owns `array` and
+/// frees it when collected.
+unsafe fn install(obj: VALUE, array: Box<SharedArray>) -> Result<Value> {
     let bytes = array.segment.as_ref().map_or(0, Segment::len);
     numo::set_data_ptr(obj, Box::into_raw(array) as *mut c_void);
     rb_sys::rb_gc_adjust_memory_usage(bytes as _);
-    Value::from_raw(obj)
+    let guard = REINITIALIZATION.load(Ordering::Acquire) as VALUE;
+    if guard != 0 {
+        magnus::rb_sys::protect(|| {
+            rb_sys::rb_extend_object(obj, guard);
+            obj
+        })
+        .map_err(Error::Ruby)?;
+    }
+    Ok(Value::from_raw(obj))
+}
+
+/// `Numo::Shared::Reinitialization`, set at load (a constant: never collected).
+static REINITIALIZATION: AtomicUsize = AtomicUsize::new(0);
+
+/// Records the module every shared array is extended with.
+pub fn set_reinitialization_guard(module: VALUE) {
+    REINITIALIZATION.store(module as usize, Ordering::Release);
 }
 
 fn check_class(ruby: &Ruby, klass: RClass) -> Result<()> {
@@ -659,6 +678,25 @@ pub fn is_ours(obj: Value) -> bool {
     let raw = obj.as_raw();
     // SAFETY: each step checks the object's type before reading its struct.
     unsafe { is_narray(raw) && is_shared_type(numo::data_type_of(raw)) }
+}
+
+/// `initialize` and `initialize_copy` of `Numo::Shared::Reinitialization`,
+/// which every shared array is extended with: Numo's would re-shape a shared
+/// array over a mapping of the old size (and `store` would then write past
+/// it), so they are refused. Extending the shared arrays themselves, rather
+/// than prepending to Numo::NArray, leaves `DFloat.new` and `dup` of ordinary
+/// arrays as fast as without the gem. (A clone of a shared array inherits
+/// the module: it goes on to Numo's.) Marshal ignores the extension: Numo
+/// arrays marshal themselves.
+pub fn guard_reinitialization(
+    rb_self: Value,
+    args: &[Value],
+) -> std::result::Result<Value, magnus::Error> {
+    if is_ours(rb_self) {
+        let ruby = Ruby::get().expect("called from Ruby");
+        return Err(Error::Frozen("cannot re-initialize a shared array".into()).into_ruby(&ruby));
+    }
+    numo::call_super_with(args)
 }
 
 /// `Numo::Shared.mapped_bytes(array)`: bytes of shared memory behind `obj`
@@ -756,7 +794,7 @@ pub fn adopt_allocating(
         array.retired = old;
         (*(raw as *mut rb_sys::RTypedData)).type_ = shared_type_for(ty);
         numo::set_data_ptr(raw, std::ptr::null_mut());
-        install(raw, array);
+        install(raw, array)?;
         Ok(true)
     }
 }

@@ -67,7 +67,7 @@ pub fn claim(plan: &Plan, obj: Value, geometry: &Geometry, tables: &[u8]) -> Res
         return plan.adopt(obj, None, 0);
     }
     let data_bytes = geometry.data_bytes;
-    let klass = obj.class();
+    let klass = crate::numo::real_class(obj);
     // Offsets count bytes, or bits for Numo::Bit; the viewed array is made
     // one-dimensional with as many elements as its data holds.
     let (unit, elements) = match plan.element_bytes() {

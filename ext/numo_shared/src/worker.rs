@@ -345,7 +345,7 @@ fn copy_to_block(obj: Value, facts: &ArrayFacts, arena: &Shared, id: u64) -> Res
     let Some(segment) = pool::take(facts.bytes) else {
         return Ok(None);
     };
-    let klass = obj.class();
+    let klass = crate::numo::real_class(obj);
     let plan = Plan::for_class(klass, facts.shape.clone())?;
     let target = plan.wrap(klass, Some(segment))?;
     let _: Value = target

@@ -152,22 +152,6 @@ module Numo
         bytes
       end
 
-      # Re-running +initialize+ on a shared array would change its size
-      # without changing its mapping; refused.
-      def initialize(*args)
-        refuse_reinitializing
-        super
-      end
-
-      # +initialize_copy+ (and so +initialize_dup+ and +initialize_clone+,
-      # which call it) would re-shape a shared array over a mapping of the
-      # old size; refused. +dup+ and +clone+ of a shared array call it on
-      # the new, ordinary array, and work.
-      def initialize_copy(other)
-        refuse_reinitializing
-        super
-      end
-
       def refuse_reinitializing(with = nil)
         return unless Numo::Shared::Native.ours?(self)
 
@@ -175,6 +159,10 @@ module Numo
       end
     end
     prepend SharedGuards
+    # Every shared array is extended with Numo::Shared::Reinitialization:
+    # +initialize+ and +initialize_copy+ (and so +initialize_dup+ and
+    # +initialize_clone+) would re-shape it over a mapping of the old size,
+    # and raise FrozenError instead.
   end
 
   module Shared
