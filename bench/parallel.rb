@@ -23,6 +23,7 @@
 
 require "json"
 require "numo/shared"
+require_relative "chart"
 require_relative "support"
 
 WORKERS = 2
@@ -92,6 +93,7 @@ end
 
 def measure(call)
   GC.start
+  Bench.release_free_memory
   rss_before = Bench.rss
   Bench.reset_peak_rss
   t0 = Bench.now
@@ -107,16 +109,20 @@ cases = CASES.select { |c| only.nil? || only.include?(c.key) }
 samples = Hash.new { |h, k| h[k] = [] }
 sums = Hash.new { |h, k| h[k] = [] }
 all = cases.flat_map { |c| variants(c).map { |name, call| [c, name, call] } }
-all.each { |_, _, call| call.call } # warm-up: every code path once
+progress = Bench::Progress.new("bench:parallel", all.size * (runs + 1))
+all.each do |kase, name, call| # warm-up: every code path once
+  call.call
+  progress.step("warm-up: #{kase.key} #{name}")
+end
 runs.times do |round|
-  all.rotate(round).each_with_index do |(kase, name, call), i|
-    Bench.progress("round #{round + 1}/#{runs}, #{i + 1}/#{all.size}: #{kase.title} #{name}")
+  all.rotate(round).each do |kase, name, call|
     time, peak, sum = measure(call)
     samples[[kase.key, name]] << [time, peak]
     sums[kase.key] << sum unless name == "baseline"
+    progress.step("round #{round + 1}/#{runs}: #{kase.key} #{name}")
   end
 end
-Bench.progress_done
+progress.finish
 
 puts "#{WORKERS} worker processes; median of #{runs} interleaved rounds; " \
      "peak RSS = parent's VmHWM above its RSS before the call, after reading every result"
@@ -142,3 +148,9 @@ report = cases.map do |kase|
   { case: kase.title, variants: medians.transform_values { |m| { time_s: m[:time], peak_rss_bytes: m[:peak] } } }
 end
 Bench.write_results("parallel", report)
+chart_rows = report.map do |row|
+  [row[:case], row[:variants].transform_values { |m| [m[:time_s] * 1e3, m[:peak_rss_bytes].fdiv(1 << 20)] }]
+end
+path = Bench::Chart.new(title: "#{WORKERS} worker processes, median of #{runs} rounds", rows: chart_rows)
+                   .write(ENV.fetch("CHART", File.join(__dir__, "parallel.svg")))
+puts "chart written to #{path}"

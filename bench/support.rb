@@ -2,6 +2,7 @@
 
 # Shared helpers for the benchmarks: timing medians and printing tables.
 # Benchmarks print; they assert nothing.
+require "fiddle"
 require "fileutils"
 require "json"
 
@@ -31,15 +32,6 @@ module Bench
     sorted = values.sort
     mid = sorted.size / 2
     sorted.size.odd? ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2.0
-  end
-
-  # Shows +message+ on one line of stderr, overwriting the previous one.
-  def progress(message)
-    $stderr.print("\r\e[K#{message}") if $stderr.tty?
-  end
-
-  def progress_done
-    $stderr.print("\r\e[K") if $stderr.tty?
   end
 
   # Writes +data+ as JSON to tmp/bench/<name>.json (for charts and notes).
@@ -75,6 +67,14 @@ module Bench
 
   def format_bytes(bytes)
     bytes >= 1 << 20 ? format("%.1f MiB", bytes.fdiv(1 << 20)) : format("%.0f KiB", bytes.fdiv(1024))
+  end
+
+  # Gives the free memory of malloc's heap back to the system, so that RSS
+  # measures what is in use (free heap left by earlier measurements would
+  # otherwise be reused without showing).
+  def release_free_memory
+    @malloc_trim ||= Fiddle::Function.new(Fiddle.dlopen(nil)["malloc_trim"], [Fiddle::TYPE_SIZE_T], Fiddle::TYPE_INT)
+    @malloc_trim.call(0)
   end
 
   # This process's resident set and its high-water mark, in bytes.
