@@ -348,13 +348,16 @@ fn map_block(fd: OwnedFd, bytes: usize) -> Arrival {
         }
         Err(err) => return Arrival::from_error(err),
     };
-    // SAFETY: a fresh shared mapping of the memfd the worker sent.
+    // SAFETY: a fresh shared mapping of the memfd the worker sent. Its
+    // pages exist (the worker wrote them): mapping them all now, on this
+    // thread, spares the reader a page fault per 64 KiB, each far dearer
+    // than a page of a bulk mapping.
     let addr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
             fd.as_raw_fd(),
             0,
         )
