@@ -69,6 +69,14 @@ RSpec.describe "Numo::NArray.new_shared" do
     expect(Numo::Shared.mapped_bytes(a)).to eq(12) # three 32-bit words
   end
 
+  it "refuses mapped_bytes of what is not an NArray" do
+    [nil, 3, [1, 2]].each do |value|
+      expect { Numo::Shared.mapped_bytes(value) }
+        .to raise_error(TypeError, "no implicit conversion of #{value.class} into Numo::NArray")
+    end
+    expect(Numo::Shared.mapped_bytes(Numo::DFloat.new(3).seq)).to eq(0)
+  end
+
   describe "bad input" do
     it "refuses Numo::RObject with TypeError" do
       expect { Numo::RObject.new_shared(3) }

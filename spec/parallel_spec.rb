@@ -364,6 +364,13 @@ RSpec.describe Numo::Parallel do
   end
 
   describe ".stack" do
+    it "refuses a type that is not a Numo class, naming it" do
+      [Float, "DFloat", Numo::NArray].each do |type|
+        expect { described_class.stack([1], type:, shape: [2], in_processes: 1) { [1, 2] } }
+          .to raise_error(TypeError, "type: must be a numeric Numo class such as Numo::DFloat, got #{type.inspect}")
+      end
+    end
+
     it "runs the seed scenario in one call" do
       a = described_class.stack([0, 1], type: Numo::DFloat, shape: [3, 3], in_processes: 2) do |i|
         Numo::DFloat.new(3, 3).seq(10 * i)
