@@ -133,6 +133,15 @@ RSpec.describe "Numo::Parallel memory" do
       expect(results.map { |r| r[1] }).to eq([1.0, 2.0, 3.0, 4.0])
     end
 
+    it "hands over results past its budget of open descriptors (a quarter of ulimit -n) by copying them" do
+      out = run_ruby(<<~RUBY)
+        Process.setrlimit(:NOFILE, 64)
+        arrays = Numo::Parallel.map([40], in_processes: 1) { |n| Array.new(n) { |i| Numo::DFloat.new(10_000).seq(i) } }.first
+        p [arrays.size, arrays.all?(&:shared?), arrays.each_with_index.all? { |a, i| a == Numo::DFloat.new(10_000).seq(i) }]
+      RUBY
+      expect(out).to eq("[40, true, true]\n")
+    end
+
     it "serves small arrays and Numo::RObject with Numo's own memory" do
       stats = pool_after do
         Numo::DFloat.new(1000).seq

@@ -29,7 +29,7 @@ pub const MIN_BYTES: usize = 64 * 1024;
 
 /// At most this many bytes of free blocks are kept for reuse; beyond that a
 /// freed block is unmapped.
-const MAX_FREE_BYTES: usize = 512 << 20;
+const MAX_FREE_BYTES: usize = 256 << 20;
 
 /// `MADV_POPULATE_WRITE` (Linux 5.14): maps every page of a range at once,
 /// much cheaper than a page fault per page for memory about to be written.
@@ -165,11 +165,31 @@ pub fn stats() -> Option<(u64, u64, usize)> {
 /// pool is not active here or cannot serve the request (the caller then
 /// uses Numo's own allocation, as the parallel gem's workers would).
 pub fn take(bytes: usize) -> Option<Segment> {
+    take_block(bytes, false)
+}
+
+/// A block for a copy about to be handed over to the parent: one that has
+/// its descriptor, whatever the pool's budget of descriptors (it is sent and
+/// closed at once).
+pub fn take_for_export(bytes: usize) -> Option<Segment> {
+    take_block(bytes, true)
+}
+
+fn take_block(bytes: usize, sendable: bool) -> Option<Segment> {
     let class = size_class(bytes);
     let (block, keep_fd) = {
         let mut guard = lock();
         let pool = mine(&mut guard)?;
-        match pool.free.get_mut(&class).and_then(Vec::pop) {
+        let free = pool.free.get_mut(&class);
+        let found = match free {
+            Some(blocks) if sendable => blocks
+                .iter()
+                .rposition(|b| b.lease.fd.is_some())
+                .map(|at| blocks.swap_remove(at)),
+            Some(blocks) => blocks.pop(),
+            None => None,
+        };
+        match found {
             Some(block) => {
                 pool.free_bytes -= class;
                 pool.reused += 1;
@@ -177,7 +197,7 @@ pub fn take(bytes: usize) -> Option<Segment> {
             }
             None => {
                 pool.made += 1;
-                let keep = pool.descriptors < pool.max_descriptors;
+                let keep = sendable || pool.descriptors < pool.max_descriptors;
                 if keep {
                     pool.descriptors += 1;
                 }

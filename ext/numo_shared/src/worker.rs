@@ -342,7 +342,7 @@ fn pack_small(obj: Value, facts: &ArrayFacts, arena: &Shared) -> Result<Option<P
 /// Copies `obj` into a new block of the pool and hands that over; `None`
 /// when the pool cannot give one (the array then travels as Numo's data).
 fn copy_to_block(obj: Value, facts: &ArrayFacts, arena: &Shared, id: u64) -> Result<Option<Place>> {
-    let Some(segment) = pool::take(facts.bytes) else {
+    let Some(segment) = pool::take_for_export(facts.bytes) else {
         return Ok(None);
     };
     let klass = crate::numo::real_class(obj);
@@ -356,7 +356,7 @@ fn copy_to_block(obj: Value, facts: &ArrayFacts, arena: &Shared, id: u64) -> Res
             arena.send_block(&fd, id, facts.bytes)?;
             Ok(Some(Place::Block { id }))
         }
-        None => Ok(None), // a block without a descriptor (the pool's budget)
+        None => Ok(None), // not a block of the pool (cannot happen)
     }
 }
 
