@@ -34,6 +34,23 @@ RSpec.describe "Checking numo-narray's struct layout at load" do
                          "is loaded; its array layout may differ, so shared arrays are refused")
   end
 
+  it "names both Numo gems when neither can be loaded" do
+    # Without RubyGems, and without the bundle (bundle exec puts it in
+    # RUBYOPT and RUBYLIB), no gem is on the load path.
+    unbundled = { "RUBYOPT" => nil, "RUBYLIB" => nil }
+    output, status = Open3.capture2e(unbundled, RbConfig.ruby, "--disable-gems", "-I", lib, "-e", <<~RUBY)
+      begin
+        require "numo/shared"
+      rescue LoadError => e
+        print e.message
+        exit 3
+      end
+    RUBY
+    expect(status.exitstatus).to eq(3), output
+    expect(output).to eq("numo-shared needs numo-narray (0.9.2.x) or numo-narray-alt (0.12.x, the one Rumale 2.x " \
+                         "uses), and neither is installed: add one of them to your Gemfile (or gem install it)")
+  end
+
   describe "the struct probe" do
     it "accepts unallocated arrays laid out as expected" do
       expect(Numo::Shared::Native.layout_mismatch(Numo::DFloat.new(2, 3), [2, 3], 8)).to be_nil
