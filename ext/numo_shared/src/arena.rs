@@ -365,7 +365,7 @@ impl Arena {
                 let end = offset
                     .checked_add(round_up(len))
                     .ok_or_else(|| bad_handle(offset))?;
-                if !offset.is_multiple_of(PAGE) || offset < BLOCKS_START {
+                if offset % PAGE != 0 || offset < BLOCKS_START {
                     return Err(bad_handle(offset));
                 }
                 open.check_taken(offset, round_up(len))?;

@@ -78,7 +78,7 @@ pub fn claim(
     // Offsets count bytes, or bits for Numo::Bit; the viewed array is made
     // one-dimensional with as many elements as its data holds.
     let (unit, elements) = match plan.element_bytes() {
-        Some(size) if data_bytes.is_multiple_of(size) => (size, data_bytes / size),
+        Some(size) if data_bytes % size == 0 => (size, data_bytes / size),
         Some(size) => {
             return Err(Error::Argument(format!(
                 "a view's array of {data_bytes} bytes does not hold whole elements of {size} bytes"
