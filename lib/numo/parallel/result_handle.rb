@@ -89,15 +89,20 @@ module Numo
       # parent mapped before the fork, with its index tables (if any) packed
       # in the arena; or nil.
       def view_of(array, arena)
-        serial, creator, *geometry, strides, tables = Numo::Shared::Native.view_location(array)
+        # Not `serial, creator, *geometry, strides, tables = ...`: on Ruby 3.3 a
+        # GC inside a splat followed by more targets can crash (spec/gc_spec.rb).
+        serial, creator, *geometry = Numo::Shared::Native.view_location(array)
         return unless serial && creator == arena.owner_pid
 
+        strides, tables = geometry.pop(2)
         tables_at = tables.empty? ? 0 : arena.write_bytes(tables)
         [serial, *geometry, *strides, tables_at, tables.bytesize]
       end
 
       def load_view(array, shape, arena, where)
-        *geometry, tables_at, tables_size = where
+        # Not `*geometry, tables_at, tables_size = where` (see view_of).
+        tables_at, tables_size = where.last(2)
+        geometry = where[0...-2]
         strides = geometry.pop(shape.size)
         tables = tables_size.zero? ? "" : arena.read_bytes(tables_at, tables_size)
         Numo::Shared::Native.claim_view(array, shape, [*geometry, strides], tables)
