@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "parallel"
+require "stringio"
 require_relative "shared"
 require_relative "parallel/result_handle"
 
@@ -8,6 +9,13 @@ module Numo
   # A drop-in for the parallel gem (same methods, arguments, options and
   # results) whose Numo::NArray results come back from worker processes
   # through shared memory: the pipe carries a small handle, not the bytes.
+  #
+  # Works with parallel 1.2x and 2.x. The handle is what NArray#marshal_dump
+  # writes, so it needs the gem to send results with Marshal: its default,
+  # and parallel 2.x's +serializer: Parallel::Serializer::Hmac.new+, which
+  # calls Marshal inside. A +serializer:+ that does not call Marshal (checked
+  # once per call, by dumping a probe object through it) gets the gem's own
+  # behaviour: results travel through that serializer, nothing is shared.
   #
   # @example
   #   require "numo/parallel"
@@ -29,7 +37,7 @@ module Numo
         #   @example
         #     Numo::Parallel.map([1, 2], in_processes: 2) { |n| Numo::DFloat.new(n).seq } # => [DFloat[0], DFloat[0, 1]]
         define_method(name) do |*args, &block|
-          through_shared_memory(block) { |worker_block| ::Parallel.public_send(name, *args, &worker_block) }
+          through_shared_memory(block, args[1]) { |worker_block| ::Parallel.public_send(name, *args, &worker_block) }
         end
       end
 
@@ -101,8 +109,8 @@ module Numo
       # Whether the parallel gem forks is its own decision (in_threads,
       # in_processes: 0 or nil, fewer items than workers, ...): the arena is
       # made either way, and only a block running in another process exports.
-      def through_shared_memory(block)
-        return yield(block) unless block
+      def through_shared_memory(block, options)
+        return yield(block) unless block && marshals_results?(options)
 
         arena = Numo::Shared::Arena.new
         @arenas_lock.synchronize { @arenas[arena.id] = arena }
@@ -112,6 +120,21 @@ module Numo
           @arenas_lock.synchronize { @arenas.delete(arena.id) }
           arena.close
         end
+      end
+
+      # Whether the gem will send results with Marshal, so that NArray's
+      # marshal_dump hook sees them: with no +serializer:+ (or parallel 1.x,
+      # which has none), Marshal itself, or a serializer that marshals a probe
+      # object it is given (Parallel::Serializer::Hmac does).
+      def marshals_results?(options)
+        serializer = options[:serializer] if options.is_a?(Hash)
+        return true if !serializer || serializer.equal?(::Marshal)
+
+        probe = MarshalProbe.new
+        serializer.dump([probe], StringIO.new(+""))
+        probe.dumped?
+      rescue StandardError
+        false
       end
 
       def worker_block(arena, block)
@@ -135,6 +158,27 @@ module Numo
         raise ArgumentError,
               "item #{index} (#{item.inspect}) gave shape #{row.shape.inspect}, expected #{shape.inspect}"
       end
+    end
+
+    # An object that notes whether Marshal dumped it: what
+    # marshals_results? hands a +serializer:+ to find out whether NArrays in
+    # results would reach NArray#marshal_dump.
+    # @!visibility private
+    class MarshalProbe
+      def initialize
+        @dumped = false
+      end
+
+      def dumped?
+        @dumped
+      end
+
+      def marshal_dump
+        @dumped = true
+        0
+      end
+
+      def marshal_load(_data); end
     end
   end
 end
