@@ -21,8 +21,14 @@ Gem::Specification.new do |spec|
   spec.require_paths = ["lib"]
   spec.extensions = ["ext/numo_shared/extconf.rb"]
 
-  spec.add_dependency "numo-narray", "~> 0.9.2"
-  spec.add_dependency "parallel", ">= 1.20", "< 2"
+  # numo-shared works with numo-narray 0.9.2.x or with its fork numo-narray-alt
+  # 0.12.x (what Rumale 2.x uses). Both install numo/narray, and RubyGems has no
+  # "one of" dependency: naming either here would install it beside the other
+  # in a bundle that has the other, and two gems would then provide
+  # numo/narray. So the gemspec names neither; the application's Gemfile picks
+  # one, and requiring numo/shared without either raises a LoadError naming
+  # both (README, "Supported versions").
+  spec.add_dependency "parallel", ">= 1.20", "< 3"
   spec.add_dependency "rb_sys", ">= 0.9.102", "< 0.10"
   spec.metadata["rubygems_mfa_required"] = "true"
 end

@@ -16,22 +16,67 @@ RSpec.describe "Checking numo-narray's struct layout at load" do
     expect(output).to eq("true")
   end
 
-  it "refuses a numo-narray version outside the series it mirrors, with a clear error" do
-    script = <<~RUBY
+  # Loads numo/shared after +prelude+ (run once numo/narray is loaded), as
+  # Numo::NArray::VERSION +version+; prints the LayoutError or "loaded".
+  def load_as(version, prelude = "")
+    ruby_output(<<~RUBY)
       require "numo/narray"
       Numo::NArray.send(:remove_const, :VERSION)
-      Numo::NArray.const_set(:VERSION, "0.10.0")
+      Numo::NArray.const_set(:VERSION, #{version.dump})
+      #{prelude}
       begin
         require "numo/shared"
+        print "loaded: ", Numo::DFloat.new_shared(2).shared?
       rescue Numo::Shared::LayoutError => e
         print e.class, ": ", e.message
         exit 3
       end
     RUBY
-    output, status = ruby_output(script)
-    expect(status.exitstatus).to eq(3)
-    expect(output).to eq("Numo::Shared::LayoutError: numo-shared supports numo-narray 0.9.x, but numo-narray 0.10.0 " \
-                         "is loaded; its array layout may differ, so shared arrays are refused")
+  end
+
+  it "refuses a numo-narray version outside the series it mirrors, with a clear error" do
+    %w[0.13.0 0.8.2 1.0.0].each do |version|
+      output, status = load_as(version)
+      expect(status.exitstatus).to eq(3), output
+      expect(output).to eq("Numo::Shared::LayoutError: numo-shared supports numo-narray 0.9.x and numo-narray-alt " \
+                           "0.9.3 to 0.12.x, but Numo::NArray::VERSION is #{version}; its array layout may differ, " \
+                           "so shared arrays are refused")
+    end
+  end
+
+  it "accepts the versions of numo-narray and numo-narray-alt whose layout it mirrors" do
+    %w[0.9.1.9 0.9.2.1 0.9.14 0.10.7 0.11.3 0.12.0].each do |version|
+      output, status = load_as(version)
+      expect([status.exitstatus, output]).to eq([0, "loaded: true"]), version
+    end
+  end
+
+  it "still refuses an accepted version whose arrays the probe rejects" do
+    # A DFloat.new that hands out allocated arrays: the probe sees a data
+    # pointer where a fresh array has none.
+    prelude = "Numo::DFloat.singleton_class.prepend(Module.new { def new(*shape) = super.fill(0) })"
+    output, status = load_as("0.12.0", prelude)
+    expect(status.exitstatus).to eq(3), output
+    expect(output).to eq("Numo::Shared::LayoutError: numo-narray 0.12.0 does not lay out its arrays as numo-shared " \
+                         "expects (an unallocated array has a data pointer or claims to own one); shared arrays are " \
+                         "refused to avoid corrupting memory")
+  end
+
+  it "names both Numo gems when neither can be loaded" do
+    # Without RubyGems, and without the bundle (bundle exec puts it in
+    # RUBYOPT and RUBYLIB), no gem is on the load path.
+    unbundled = { "RUBYOPT" => nil, "RUBYLIB" => nil }
+    output, status = Open3.capture2e(unbundled, RbConfig.ruby, "--disable-gems", "-I", lib, "-e", <<~RUBY)
+      begin
+        require "numo/shared"
+      rescue LoadError => e
+        print e.message
+        exit 3
+      end
+    RUBY
+    expect(status.exitstatus).to eq(3), output
+    expect(output).to eq("numo-shared needs numo-narray (0.9.2.x) or numo-narray-alt (0.12.x, the one Rumale 2.x " \
+                         "uses), and neither is installed: add one of them to your Gemfile (or gem install it)")
   end
 
   describe "the struct probe" do

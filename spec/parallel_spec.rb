@@ -271,8 +271,13 @@ RSpec.describe Numo::Parallel do
         seen
       end
       expect(order.call(described_class.method(:map))).to eq(order.call(Parallel.method(:map)))
-      expect(described_class.map([1, 2], opts.merge(preserve_results: false)) { |i| Numo::DFloat.new(10_000).fill(i) })
-        .to eq([1, 2])
+      # parallel 1.x returns the source with preserve_results: false; 2.x
+      # ignores that option and returns the source with discard_results: true.
+      [{ preserve_results: false }, { discard_results: true }].each do |option|
+        block = ->(i) { Numo::DFloat.new(10_000).fill(i) }
+        expect(described_class.map([1, 2], opts.merge(option), &block))
+          .to eq(Parallel.map([1, 2], opts.merge(option), &block)), option.inspect
+      end
       pids = described_class.map(0...4, opts.merge(isolation: true)) { Numo::Int64.new(10_000).fill(Process.pid) }
       expect(pids.map { |a| a[0] }.uniq.size).to eq(Parallel.map(0...4, opts.merge(isolation: true)) do
                                                       Process.pid
@@ -309,8 +314,91 @@ RSpec.describe Numo::Parallel do
     end
 
     it "rejects in_processes together with in_threads as the gem does" do
-      expect { described_class.map([1], in_processes: 1, in_threads: 1) { 1 } }
-        .to raise_error(ArgumentError, "Please specify only one of `in_processes` or `in_threads`.")
+      conflicting = { in_processes: 1, in_threads: 1 }
+      gem_error = begin
+        Parallel.map([1], conflicting) { 1 }
+      rescue ArgumentError => e
+        e
+      end
+      expect(gem_error).to be_a(ArgumentError) # each version words it its own way
+      expect { described_class.map([1], conflicting) { 1 } }.to raise_error(ArgumentError, gem_error.message)
+    end
+
+    it "supports parallel 2.x's exit! option (workers skip at_exit hooks)" do
+      block = ->(i) { Numo::DFloat.new(10_000).fill(i) }
+      ours = described_class.map(0...4, opts.merge(exit!: true), &block)
+      expect(ours).to eq(Parallel.map(0...4, opts.merge(exit!: true), &block))
+      expect(ours).to all(be_shared)
+    end
+  end
+
+  describe "serializer: (parallel 2.x)" do
+    # A serializer for the gem's serializer: option that never calls Marshal:
+    # JSON frames in which an NArray is its class name, shape and bytes.
+    let(:json_serializer) do
+      Module.new do
+        def self.encode(value)
+          case value
+          when Numo::NArray then { "narray" => [value.class.name, value.shape, [value.to_binary].pack("m0")] }
+          when Array then value.map { |item| encode(item) }
+          else value
+          end
+        end
+
+        def self.decode(value)
+          case value
+          when Hash
+            name, shape, bytes = value.fetch("narray")
+            Object.const_get(name).from_binary(bytes.unpack1("m0"), shape)
+          when Array then value.map { |item| decode(item) }
+          else value
+          end
+        end
+
+        def self.dump(data, io)
+          json = JSON.generate(encode(data))
+          io.write([json.bytesize].pack("N"), json)
+        end
+
+        def self.load(io)
+          header = io.read(4) || raise(EOFError)
+          decode(JSON.parse(io.read(header.unpack1("N"))))
+        end
+      end
+    end
+
+    let(:block) { ->(i) { [Numo::DFloat.new(20_000).seq(i), Numo::Int16.new(3).fill(i)] } }
+
+    # Numo::Parallel.map's results with +options+, and for each item whether
+    # the worker made its large array in shared memory.
+    def map_recording_workers(options)
+      in_shared_memory = Numo::Int32.new_shared(4)
+      results = described_class.map(0...4, opts.merge(options)) do |i|
+        block.call(i).tap { |large, _| in_shared_memory[i] = large.shared? ? 1 : 0 }
+      end
+      [results, in_shared_memory.to_a]
+    end
+
+    it "still returns results through shared memory with Parallel::Serializer::Hmac, which calls Marshal" do
+      skip "parallel #{Parallel::VERSION} has no serializer option" unless defined?(Parallel::Serializer::Hmac)
+
+      hmac = { serializer: Parallel::Serializer::Hmac.new }
+      ours, in_workers = map_recording_workers(hmac)
+      expect(ours).to eq(Parallel.map(0...4, opts.merge(hmac), &block))
+      expect(in_workers).to eq([1, 1, 1, 1])
+      expect(ours.map(&:first)).to all(be_shared)
+    end
+
+    it "behaves as the gem with a serializer that does not call Marshal: nothing shared, nothing left behind" do
+      require "json"
+      before = residue
+      with_json = { serializer: json_serializer }
+      ours, in_workers = map_recording_workers(with_json)
+      expect(ours).to eq(Parallel.map(0...4, opts.merge(with_json), &block))
+      expect(ours).to eq((0...4).map(&block))
+      expect(in_workers).to eq([0, 0, 0, 0]) # no results arena: the workers' arrays are ordinary
+      expect(ours.flatten.map(&:shared?)).to all(be(false))
+      expect(residue).to eq(before)
     end
   end
 

@@ -1,12 +1,20 @@
 # frozen_string_literal: true
 
 require "parallel"
+require "stringio"
 require_relative "shared"
 
 module Numo
   # A drop-in for the parallel gem (same methods, arguments, options and
   # results) whose Numo::NArray results come back from worker processes
   # through shared memory: the pipe carries a small handle, not the bytes.
+  #
+  # Works with parallel 1.2x and 2.x. The handle is what NArray#marshal_dump
+  # writes, so it needs the gem to send results with Marshal: its default,
+  # and parallel 2.x's +serializer: Parallel::Serializer::Hmac.new+, which
+  # calls Marshal inside. A +serializer:+ that does not call Marshal (checked
+  # once per call, by dumping a probe object through it) gets the gem's own
+  # behaviour: results travel through that serializer, nothing is shared.
   #
   # @example
   #   require "numo/parallel"
@@ -78,7 +86,7 @@ module Numo
         next unless ::Parallel.respond_to?(name)
 
         define_method(name) do |*args, &block|
-          through_shared_memory(block, returns_results?(name, args[1])) do |worker_block|
+          through_shared_memory(block, args[1], returns_results?(name, args[1])) do |worker_block|
             ::Parallel.public_send(name, *args, &worker_block)
           end
         end
@@ -145,9 +153,11 @@ module Numo
       # Runs the gem with a block that, in worker processes, computes large
       # arrays in shared memory and hands its results' NArrays over. Whether
       # the gem forks is its own decision (in_threads, in_processes: 0, ...):
-      # the arena is made either way, and the block sees where it runs.
-      def through_shared_memory(block, returns)
-        return yield(block) unless block
+      # the arena is made either way, and the block sees where it runs. A
+      # serializer that does not marshal (parallel 2.x) makes it the gem's
+      # own call.
+      def through_shared_memory(block, options, returns)
+        return yield(block) unless block && marshals_results?(options)
 
         arena = Numo::Shared::Arena.new
         begin
@@ -155,6 +165,21 @@ module Numo
         ensure
           arena.close
         end
+      end
+
+      # Whether the gem will send results with Marshal, so that NArray's
+      # marshal_dump hook sees them: with no +serializer:+ (or parallel 1.x,
+      # which has none), Marshal itself, or a serializer that marshals a probe
+      # object it is given (Parallel::Serializer::Hmac does).
+      def marshals_results?(options)
+        serializer = options[:serializer] if options.is_a?(Hash)
+        return true if !serializer || serializer.equal?(::Marshal)
+
+        probe = MarshalProbe.new
+        serializer.dump([probe], StringIO.new(+""))
+        probe.dumped?
+      rescue StandardError
+        false
       end
 
       # The block the gem runs. In a worker (from its first item on, large
@@ -198,6 +223,27 @@ module Numo
         raise ArgumentError,
               "item #{index} (#{item.inspect}) gave shape #{row.shape.inspect}, expected #{shape.inspect}"
       end
+    end
+
+    # An object that notes whether Marshal dumped it: what
+    # marshals_results? hands a +serializer:+ to find out whether NArrays in
+    # results would reach NArray#marshal_dump.
+    # @!visibility private
+    class MarshalProbe
+      def initialize
+        @dumped = false
+      end
+
+      def dumped?
+        @dumped
+      end
+
+      def marshal_dump
+        @dumped = true
+        0
+      end
+
+      def marshal_load(_data); end
     end
   end
 end

@@ -1,6 +1,14 @@
 # frozen_string_literal: true
 
-require "numo/narray"
+begin
+  require "numo/narray"
+rescue LoadError => e
+  raise unless e.path == "numo/narray"
+
+  # The gemspec names neither Numo gem (see numo-shared.gemspec): say which.
+  raise LoadError, "numo-shared needs numo-narray (0.9.2.x) or numo-narray-alt (0.12.x, the one Rumale 2.x uses), " \
+                   "and neither is installed: add one of them to your Gemfile (or gem install it)"
+end
 require_relative "shared/version"
 require_relative "numo_shared"
 require_relative "shared/narray"

@@ -136,9 +136,13 @@ pub const FLAG_BYTE_SWAPPED: u8 = if cfg!(target_endian = "little") { 1 } else {
 pub const NARRAY_DATA_T: u8 = 1;
 pub const NARRAY_VIEW_T: u8 = 2;
 
-/// The numo-narray versions whose layout this mirror was written against.
-/// Anything else is still probed, but refused unless it is a 0.9 release.
-pub const SUPPORTED_SERIES: &str = "0.9.";
+/// The versions of `Numo::NArray::VERSION` whose headers this mirror was
+/// checked against: numo-narray 0.9.x, and its fork numo-narray-alt, which
+/// went on from 0.9.3 to 0.12.x with the same structs, type tags and flags
+/// (its free functions also free the shape buffer of zero-size arrays; ours
+/// and the structs we hand to Numo allow for both). Other versions are
+/// refused; these are still probed at load.
+pub const SUPPORTED_SERIES: [&str; 4] = ["0.9.", "0.10.", "0.11.", "0.12."];
 
 /// True when `obj` is a typed-data object (any class).
 ///
@@ -302,12 +306,15 @@ pub fn call_super_with(
 
 /// Refuses a numo-narray whose version is outside the series we mirror.
 pub fn check_version(version: &str) -> Result<()> {
-    if version.starts_with(SUPPORTED_SERIES) {
+    if SUPPORTED_SERIES
+        .iter()
+        .any(|series| version.starts_with(series))
+    {
         Ok(())
     } else {
         Err(Error::Layout(format!(
-            "numo-shared supports numo-narray {SUPPORTED_SERIES}x, but numo-narray {version} is loaded; \
-             its array layout may differ, so shared arrays are refused"
+            "numo-shared supports numo-narray 0.9.x and numo-narray-alt 0.9.3 to 0.12.x, \
+             but Numo::NArray::VERSION is {version}; its array layout may differ, so shared arrays are refused"
         )))
     }
 }

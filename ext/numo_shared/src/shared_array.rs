@@ -436,10 +436,7 @@ impl Plan {
                 (*view).base.shape = &mut (*view).base.size;
             }
             // From here on obj references base, which Numo's view type
-            // marks. On Ruby >= 3.3 an object whose type had no mark
-            // function is allocated write-barrier protected: unprotect it
-            // first, or a minor GC may free base while obj still uses it.
-            rb_sys::rb_gc_writebarrier_unprotect(raw);
+            // marks: swap_struct unprotects its write barrier first.
             swap_struct(raw, view_type, view as *mut c_void, old);
         }
         Ok(obj)
@@ -563,6 +560,15 @@ fn shape_buffer(dims: &[usize]) -> Result<*mut usize> {
 /// unallocated Numo struct it had. Nothing allocates (so no GC runs) between
 /// the swap and the free.
 ///
+/// Ruby >= 3.3 allocates typed data whose type has no mark function (Numo's
+/// numeric types) write-barrier protected, and keeps it so when the type
+/// changes. A type that marks (numo-narray's view type marks the array the
+/// view looks into) relies on its objects being unprotected, as Numo's own
+/// views are: a protected object that is old, or becomes old, is not
+/// traversed by a minor GC, which then frees what it references. So `obj` is
+/// unprotected before it gets such a type (an old object is also remembered,
+/// so the next minor GC marks its references).
+///
 /// # Safety
 /// `old` must be `obj`'s own struct, and `data` a struct `ty`'s free function
 /// frees (or NULL, to be installed next).
@@ -572,6 +578,9 @@ unsafe fn swap_struct(
     data: *mut c_void,
     old: *mut NArrayData,
 ) {
+    if (*ty).function.dmark.is_some() {
+        rb_sys::rb_gc_writebarrier_unprotect(obj);
+    }
     (*(obj as *mut rb_sys::RTypedData)).type_ = ty;
     numo::set_data_ptr(obj, data);
     free_shape(&*old);
