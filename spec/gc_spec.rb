@@ -58,4 +58,19 @@ RSpec.describe "Garbage collection on Ruby >= 3.3" do
     probe = RubyVM::InstructionSequence.compile("*a, b, c = list").disasm
     expect(probe.lines.grep(splat_then_post).size).to eq(1) # the pattern finds what it looks for
   end
+
+  # Numo's marshal_load points the array at the String's bytes. Since Ruby
+  # 3.2 a short String keeps its bytes inside its object slot, and
+  # GC.compact moves the slot: the array would read what moves in. With the
+  # gem loaded, Numo's marshal data is loaded as a copy.
+  it "keeps arrays loaded from Numo's marshal data through GC.compact (small ones included)" do
+    out = run_ruby(<<~RUBY)
+      arrays = Array.new(800) { |i| Numo::DFloat.new(1 + (i % 40)).seq(i) }
+      loaded = arrays.map { |a| Marshal.load(Marshal.dump(a)) }
+      GC.verify_compaction_references(toward: :empty, double_heap: true) if GC.respond_to?(:verify_compaction_references)
+      GC.compact
+      p loaded.each_with_index.count { |a, i| a != arrays[i] }
+    RUBY
+    expect(out).to eq("0\n")
+  end
 end

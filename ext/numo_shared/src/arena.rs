@@ -418,6 +418,7 @@ pub fn load_handle(obj: Value, data: Value) -> Result<Option<Value>> {
     }
     let plan = Plan::for_object(obj, handle.shape.clone(), handle.flags)?;
     let array = match handle.place {
+        Place::Inline { bytes } => plan.fill(obj, &bytes)?,
         Place::Bytes { offset, len } => {
             let region = arena
                 .region

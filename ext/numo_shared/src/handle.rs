@@ -6,6 +6,8 @@
 //! arena's token (random, so that only what that arena's workers issued is
 //! accepted), a kind, Numo's first flag byte (byte order, column-major),
 //! the number of dimensions, the shape, and where the data is:
+//! - `Inline`: the bytes of a tiny result (no larger than a handle), in the
+//!   handle itself;
 //! - `Bytes`: a small result packed in the arena's shared region, copied out;
 //! - `Block`: a memfd the worker sent over the arena's socket, which becomes
 //!   the result's own memory;
@@ -23,10 +25,14 @@ const BYTES: u8 = 1;
 const BLOCK: u8 = 2;
 const REFERENCE: u8 = 3;
 const VIEW: u8 = 4;
+const INLINE: u8 = 5;
 
 /// Where a result's data is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Place {
+    Inline {
+        bytes: Vec<u8>,
+    },
     Bytes {
         offset: u64,
         len: u64,
@@ -65,6 +71,7 @@ impl Handle {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.token.to_le_bytes());
         let kind = match self.place {
+            Place::Inline { .. } => INLINE,
             Place::Bytes { .. } => BYTES,
             Place::Block { .. } => BLOCK,
             Place::Reference { .. } => REFERENCE,
@@ -76,6 +83,10 @@ impl Handle {
             put(dim as u64);
         }
         match &self.place {
+            Place::Inline { bytes } => {
+                put(bytes.len() as u64);
+                out.extend_from_slice(bytes);
+            }
             Place::Bytes { offset, len } => {
                 put(*offset);
                 put(*len);
@@ -135,6 +146,17 @@ impl Handle {
             .ok_or_else(damaged)?;
         let mut next = || reader.u64().ok_or_else(damaged);
         let place = match kind {
+            INLINE => {
+                let len = usize::try_from(next()?).map_err(|_| damaged())?;
+                if len > reader.data.len() {
+                    return Err(damaged());
+                }
+                let (bytes, rest) = reader.data.split_at(len);
+                reader.data = rest;
+                Place::Inline {
+                    bytes: bytes.to_vec(),
+                }
+            }
             BYTES => Place::Bytes {
                 offset: next()?,
                 len: next()?,

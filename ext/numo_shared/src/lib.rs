@@ -58,6 +58,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     // and the parent's loading of one.
     native.define_module_function("export", function!(worker::export, 1))?;
     native.define_module_function("load_handle", function!(arena::load_handle, 2))?;
+    native.define_module_function("load_numo_data", function!(shared_array::load_numo_data, 2))?;
     native.define_module_function("pool_stats", function!(pool::stats, 0))?;
 
     let arena = shared.define_class("Arena", ruby.class_object())?;

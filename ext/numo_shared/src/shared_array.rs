@@ -14,7 +14,9 @@ use std::ffi::{c_void, CString};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use magnus::{prelude::*, rb_sys::AsRawValue, rb_sys::FromRawValue, RArray, RClass, Ruby, Value};
+use magnus::{
+    prelude::*, rb_sys::AsRawValue, rb_sys::FromRawValue, RArray, RClass, RString, Ruby, Value,
+};
 use rb_sys::{rb_data_type_struct__bindgen_ty_1, rb_data_type_t, size_t, VALUE};
 
 use crate::error::{Error, Result};
@@ -1019,4 +1021,67 @@ pub fn flush(obj: Value) -> Result<bool> {
         segment.flush()?;
     }
     Ok(true)
+}
+
+/// `Numo::Shared::Native.load_numo_data(array, data)` from
+/// `NArray#marshal_load`, for Numo's own marshal data (`[1, shape, flags,
+/// bytes]`) of a numeric class: fills `array` with a copy of the bytes, and
+/// returns it; nil for anything else (Numo then loads it).
+///
+/// Numo would point the array at the String's buffer (and keep the String).
+/// Since Ruby 3.2 a short String's bytes live inside its object, which
+/// `GC.compact` moves: the array then reads whatever takes that place.
+/// Copying costs one small memcpy and no object more.
+pub fn load_numo_data(obj: Value, data: Value) -> Result<Option<Value>> {
+    let raw = data.as_raw();
+    // SAFETY: each step checks the type of what it reads; nothing here calls
+    // Ruby code or allocates before the bytes are copied.
+    let (dims, flags, bytes) = unsafe {
+        if !rb_sys::RB_TYPE_P(raw, rb_sys::ruby_value_type::RUBY_T_ARRAY)
+            || rb_sys::RARRAY_LEN(raw) != 4
+            || rb_sys::rb_ary_entry(raw, 0) != rb_sys::rb_int2inum(1)
+        {
+            return Ok(None);
+        }
+        let (shape, flags, binary) = (
+            rb_sys::rb_ary_entry(raw, 1),
+            rb_sys::rb_ary_entry(raw, 2),
+            rb_sys::rb_ary_entry(raw, 3),
+        );
+        if !rb_sys::RB_TYPE_P(shape, rb_sys::ruby_value_type::RUBY_T_ARRAY)
+            || !rb_sys::FIXNUM_P(flags)
+            || !rb_sys::RB_TYPE_P(binary, rb_sys::ruby_value_type::RUBY_T_STRING)
+        {
+            return Ok(None);
+        }
+        let mut dims = Vec::new();
+        for i in 0..rb_sys::RARRAY_LEN(shape) {
+            let dim = rb_sys::rb_ary_entry(shape, i);
+            if !rb_sys::FIXNUM_P(dim) || rb_sys::rb_num2long(dim) < 0 {
+                return Ok(None);
+            }
+            dims.push(rb_sys::rb_num2long(dim) as usize);
+        }
+        let flags = rb_sys::rb_num2long(flags);
+        let string = RString::from_value(Value::from_raw(binary)).expect("checked a String");
+        (dims, flags, string.as_slice().to_vec())
+    };
+    // SAFETY: the type is read only of a typed-data object.
+    let ty_marks = unsafe {
+        numo::is_typed_data(obj.as_raw())
+            && (*numo::data_type_of(obj.as_raw())).function.dmark.is_some()
+    };
+    let Ok(flags) = u8::try_from(flags) else {
+        return Ok(None);
+    };
+    if ty_marks || flags & numo::FLAG_BYTE_SWAPPED != 0 {
+        return Ok(None); // Numo::RObject, or data Numo turns to the host's order
+    }
+    let Ok(plan) = Plan::for_object(obj, dims, flags) else {
+        return Ok(None);
+    };
+    if bytes.len() < plan.bytes || plan.fresh_struct(obj.as_raw()).is_err() {
+        return Ok(None); // for Numo to refuse in its own words
+    }
+    plan.fill(obj, &bytes[..plan.bytes]).map(Some)
 }

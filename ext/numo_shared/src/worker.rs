@@ -27,8 +27,8 @@ use crate::ruby_alloc;
 use crate::shared_array::{self, ArrayFacts, Plan};
 use crate::view;
 
-/// Arrays of at most this many bytes travel as Numo's own marshal data:
-/// their bytes are no more than a handle's.
+/// Arrays of at most this many bytes travel in the handle itself: their
+/// bytes are no more than a handle's.
 pub const INLINE_BYTES: usize = 64;
 
 struct Worker {
@@ -238,11 +238,12 @@ fn place_for(obj: Value, facts: &ArrayFacts, arena: &Shared, id: u64) -> Result<
     if let Some(place) = reference(obj, facts, arena)? {
         return Ok(Some(place));
     }
-    // Anything else is copied once: tiny arrays as Numo's own marshal data
-    // (not Bit arrays: Numo marshals Bit views from a wrong offset), small
-    // ones into the region, large ones into a block of the pool.
-    if facts.bytes <= INLINE_BYTES && facts.element_bytes.is_some() {
-        return Ok(None);
+    // Anything else is copied once: tiny arrays into the handle itself,
+    // small ones into the region, large ones into a block of the pool.
+    if facts.bytes <= INLINE_BYTES {
+        return Ok(Some(Place::Inline {
+            bytes: element_bytes(obj, facts)?,
+        }));
     }
     if facts.bytes < pool::MIN_BYTES {
         if let Some(place) = pack_small(obj, facts, arena)? {
@@ -317,26 +318,34 @@ fn pack_small(obj: Value, facts: &ArrayFacts, arena: &Shared) -> Result<Option<P
         // A data array: its bytes, copied straight from its memory.
         Some(bytes) => region.pack(bytes).map(|offset| (offset, bytes.len())),
         None => {
-            // A view, or a Bit array: Numo lays the elements out (a Bit view
-            // is copied first: Numo reads Bit views from a wrong offset).
-            let source = if facts.element_bytes.is_none() {
-                obj.funcall::<_, _, Value>("dup", ())
-                    .map_err(crate::error::Error::Ruby)?
-            } else {
-                obj
-            };
-            let binary: RString = source
-                .funcall("to_binary", ())
-                .map_err(crate::error::Error::Ruby)?;
-            // SAFETY: the bytes are copied before any Ruby code runs.
-            let bytes = unsafe { binary.as_slice() };
-            region.pack(bytes).map(|offset| (offset, bytes.len()))
+            let bytes = element_bytes(obj, facts)?;
+            region.pack(&bytes).map(|offset| (offset, bytes.len()))
         }
     };
     Ok(offset.map(|(offset, len)| Place::Bytes {
         offset,
         len: len as u64,
     }))
+}
+
+/// A copy of `obj`'s elements, in order, as Numo lays them out in a data
+/// array (a Bit view is copied first: Numo reads Bit views from a wrong
+/// offset).
+fn element_bytes(obj: Value, facts: &ArrayFacts) -> Result<Vec<u8>> {
+    if let Some(bytes) = shared_array::data_bytes_of(obj) {
+        return Ok(bytes.to_vec());
+    }
+    let source = if facts.element_bytes.is_none() {
+        obj.funcall::<_, _, Value>("dup", ())
+            .map_err(crate::error::Error::Ruby)?
+    } else {
+        obj
+    };
+    let binary: RString = source
+        .funcall("to_binary", ())
+        .map_err(crate::error::Error::Ruby)?;
+    // SAFETY: the bytes are copied before any Ruby code runs.
+    Ok(unsafe { binary.as_slice() }.to_vec())
 }
 
 /// Copies `obj` into a new block of the pool and hands that over; `None`

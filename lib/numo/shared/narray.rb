@@ -134,9 +134,12 @@ module Numo
       # A shared array's size is fixed by its mapping, so loading other
       # marshal data into one (which re-initializes the shape) is refused.
       # @!visibility private
+      # Numo's own marshal data of a numeric class is loaded as a copy: Numo
+      # would point the array at the String's bytes, which GC.compact moves
+      # on Ruby >= 3.2 when the String is short (its bytes live in its slot).
       def marshal_load(data)
         refuse_reinitializing("marshal data")
-        Numo::Shared::Native.load_handle(self, data) || super
+        Numo::Shared::Native.load_handle(self, data) || Numo::Shared::Native.load_numo_data(self, data) || super
       end
 
       private
