@@ -136,12 +136,13 @@ RSpec.describe "Numo::Parallel results" do
     end
 
     it "names the kernel's limit on mappings (vm.max_map_count) when it is reached" do
-      # Ruby itself needs mappings to grow its heap: it is grown first, so
-      # that the mapping that fails is one of the gem's, and the arrays are
-      # dropped before anything else is done.
+      # Ruby itself needs mappings to grow its heap (and spins, on Ruby 3.3,
+      # when it cannot): it is grown first, for objects and for the singleton
+      # classes shared arrays have, so that the mapping that fails is one of
+      # the gem's; the arrays are dropped before anything else is done.
       out = run_ruby(<<~RUBY)
         limit = Integer(File.read("/proc/sys/vm/max_map_count"))
-        room = Array.new(4 * limit) { Object.new }
+        room = Array.new(2 * limit) { Object.new.tap(&:singleton_class) }
         room = nil
         GC.start
         arrays = Array.new(limit)
