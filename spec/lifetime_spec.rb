@@ -116,7 +116,7 @@ RSpec.describe "Lifetime of shared memory" do
     arrays = Array.new(50) { |i| Numo::Int32.new_shared(8).fill(i) }
     views = arrays.map { |a| a[2..5] }
     Array.new(10_000) { Object.new } # garbage between the arrays, for compaction to fill
-    GC.verify_compaction_references(double_heap: true, toward: :empty)
+    compact_toward_empty_heap
     GC.compact
     views.each_with_index { |v, i| v[0] = i + 100 }
     expect(arrays.map { |a| a[2] }).to eq(Array.new(50) { |i| i + 100 })

@@ -168,7 +168,7 @@ RSpec.describe Numo::Parallel do
       GC.stress = true
       results = described_class.map(0...3, opts) { |i| make.call(i) }
       GC.stress = false
-      GC.verify_compaction_references(toward: :empty, double_heap: true)
+      compact_toward_empty_heap
       GC.compact
       expect(results).to eq((0...3).map { |i| make.call(i) })
     ensure

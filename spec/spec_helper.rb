@@ -2,12 +2,14 @@
 
 require "numo/shared"
 require "timeout"
+require_relative "support/gc_helpers"
 require_relative "support/process_helpers"
 require_relative "support/resource_helpers"
 require_relative "support/spawn_helpers"
 require_relative "support/foreign_segment"
 
 RSpec.configure do |config|
+  config.include GcHelpers
   config.include ProcessHelpers
   config.include ResourceHelpers
   config.include SpawnHelpers

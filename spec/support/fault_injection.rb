@@ -53,17 +53,23 @@ class FaultInjection
 
   def run
     before = residue
-    kept = []
-    @maps.times { kept.concat(one_map) }
-    kept.each { |result| check(result) }
-    @counts[:kept] = kept.size
-    kept.clear
-    after = residue
-    @failures << "left behind: #{before} -> #{after}" unless after == before
+    run_maps
+    after = settled_residue(before)
+    @failures << "left behind: #{before} -> #{after}; #{live_shared_arrays}" unless after == before
     @counts.merge(failures: @failures)
   end
 
   private
+
+  # Every map, and the check of what was kept, in a frame of its own: once
+  # it has returned, nothing of it is referenced from Ruby.
+  def run_maps
+    kept = []
+    @maps.times { kept.concat(one_map) }
+    kept.each { |result| check(result) }
+    @counts[:kept] = kept.size
+    nil
+  end
 
   # One map with a fault at a random item (or none); returns the results
   # it keeps for the end.
