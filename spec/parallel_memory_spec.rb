@@ -90,6 +90,20 @@ RSpec.describe "Numo::Parallel memory" do
       end
       expect(seen.to_a).to eq([50_000.0, -7.0])
     end
+
+    it "gives a worker that keeps a returned array under 256 KiB its own copy, as the gem does" do
+      seen = Numo::DFloat.new_shared(3)
+      finish = ->(_item, index, result) { result[10_000] = -7.0 if index.zero? }
+      results = Numo::Parallel.map(0...3, in_processes: 1, finish:) do |i|
+        WORKER_CACHE[:small] ||= Numo::DFloat.new(20_000).seq # 160 KB, made in the pool
+        seen[i] = WORKER_CACHE[:small][10_000]
+        WORKER_CACHE[:small][0] = i + 100 # the worker's own writes stay its own
+        WORKER_CACHE[:small]
+      end
+      expect(seen.to_a).to eq([10_000.0, 10_000.0, 10_000.0])
+      expect(results.map { |r| [r[0], r[10_000]] }).to eq([[100.0, -7.0], [101.0, 10_000.0], [102.0, 10_000.0]])
+      expect(results.first).to be_shared
+    end
   end
 
   describe "the worker's pool" do
@@ -143,6 +157,28 @@ RSpec.describe "Numo::Parallel memory" do
         p [arrays.size, arrays.all?(&:shared?), arrays.each_with_index.all? { |a, i| a == Numo::DFloat.new(10_000).seq(i) }]
       RUBY
       expect(out).to eq("[40, true, true]\n")
+    end
+
+    it "gives each stored row of stack back to the pool for the next row (1 MiB rows and up)" do
+      stats = Numo::Int64.new_shared(8, 2)
+      out = Numo::Parallel.stack(0...8, type: Numo::DFloat, shape: [400, 400], in_processes: 1) do |i|
+        stats[i, true] = Numo::Shared::Native.pool_stats.first(2) if i.positive?
+        Numo::DFloat.new(400, 400).seq(i) # 1.28 MB, made in the pool, garbage once stored
+      end
+      # Before row i is made: one block made for row 0, then each row reuses it.
+      expect(stats[1..7, true].to_a).to eq((0...7).map { |i| [1, i] })
+      expect((0...8).map { |i| out[i, true, true] == Numo::DFloat.new(400, 400).seq(i) }).to all(be(true))
+    end
+
+    it "leaves the rows a stack block keeps (a cache) to the block: their blocks are never reused" do
+      kept = Numo::Int64.new_shared(4)
+      out = Numo::Parallel.stack(0...4, type: Numo::DFloat, shape: [400, 400], in_processes: 1) do |i|
+        (WORKER_CACHE[:rows] ||= []) << Numo::DFloat.new(400, 400).fill(i)
+        kept[i] = WORKER_CACHE[:rows].sum { |r| r[0].to_i }
+        WORKER_CACHE[:rows].last
+      end
+      expect(kept.to_a).to eq([0, 1, 3, 6])
+      expect(out[true, 0, 0].to_a).to eq([0.0, 1.0, 2.0, 3.0])
     end
 
     it "serves small arrays and Numo::RObject with Numo's own memory" do

@@ -28,6 +28,12 @@ module Numo
     # +finish+ hook needs them).
     WITHOUT_RESULTS = %i[each each_with_index any? all?].freeze
 
+    # Rows of +stack+ this large or larger are collected as soon as they are
+    # stored (see stack_block): a minor collection costs about what fresh
+    # pages for 1 MiB cost on the project's machine.
+    RECYCLE_ROWS_FROM = 1 << 20
+    private_constant :RECYCLE_ROWS_FROM
+
     class << self
       # @!method map(source, options = {}, &block)
       #   {::Parallel.map}: the block's value for every item, in order. NArrays
@@ -197,17 +203,34 @@ module Numo
 
       # The block each worker of +stack+ runs: computes the row (in pooled
       # memory) and stores it into row +index+ of +out+, whose pages it maps
-      # all at once first.
+      # all at once first. A row of RECYCLE_ROWS_FROM bytes or more that the
+      # block made in the pool is garbage once stored (unless the block kept
+      # it), so the next item starts with a minor collection, which puts its
+      # block back in the pool for the next row. (Collecting right after the
+      # store found the row still referenced from the stack about half the
+      # time.) Left to Ruby's own pace, every 16 to 32 MiB of such memory,
+      # most rows of a map would take fresh pages instead, which cost more
+      # than the collection (see the README's benchmarks).
       def stack_block(out, block, type, row_shape, parent_pid)
         row_bytes = out.byte_size / [out.shape.first, 1].max
         all = Array.new(row_shape.size, true)
+        pooled = 0
         lambda do |item, index|
           Numo::Shared::Native.activate_pool(parent_pid)
-          row = stack_row(block.call(item), type, row_shape, item, index)
-          Numo::Shared::Native.populate(out, index * row_bytes, row_bytes)
-          out[index, *all] = row
+          GC.start(full_mark: false, immediate_sweep: true) if pooled >= RECYCLE_ROWS_FROM
+          pooled = store_row(out, index * row_bytes, row_bytes, [index, *all],
+                             stack_row(block.call(item), type, row_shape, item, index))
           nil
         end
+      end
+
+      # Stores +row+ at +index+ of +out+ (+offset+ bytes in, +bytes+ long,
+      # its pages mapped at once first); returns the bytes of the pool block
+      # +row+ itself owns (0 when none).
+      def store_row(out, offset, bytes, index, row)
+        Numo::Shared::Native.populate(out, offset, bytes)
+        out[*index] = row
+        Numo::Shared::Native.pooled_bytes(row)
       end
 
       def check_stack_type(type)

@@ -296,6 +296,31 @@ impl Segment {
         Ok(Some(fd))
     }
 
+    /// Like `hand_over`, for a block whose array is about to move to other
+    /// memory (see `shared_array::hand_over`): shrinks the file, parks this
+    /// process's mapping of it (`pool::park`: left mapped, unused, and
+    /// unmapped with the others when the pool stops or the process exits)
+    /// and returns the file. The segment no longer owns a mapping: it must
+    /// be forgotten, not dropped. `None` for any other segment.
+    pub fn park_for_hand_over(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
+        let Some(fd) = self.lease.as_mut().and_then(Lease::take_fd) else {
+            return Ok(None);
+        };
+        drop(self.lease.take());
+        let keep = bytes.div_ceil(page_size()) * page_size();
+        let addr = self.ptr.as_ptr() as usize;
+        if keep < self.len {
+            nix::unistd::ftruncate(&fd, keep as libc::off_t)
+                .map_err(|e| Error::os(e, "shrinking a result for the parent"))?;
+            // SAFETY: the tail of our own mapping, past what the array uses
+            // (never written: unmapping it is cheap).
+            unsafe { unmap(addr + keep, self.len - keep) };
+            self.len = keep;
+        }
+        pool::park(addr, keep);
+        Ok(Some(fd))
+    }
+
     /// True for a mapping of a worker's pool that has not been handed over.
     pub fn is_pooled(&self) -> bool {
         self.lease.is_some()

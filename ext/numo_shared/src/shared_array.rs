@@ -45,6 +45,14 @@ struct SharedArray {
     freed: bool,
 }
 
+impl SharedArray {
+    /// True for a worker's small result after it was handed over: its data
+    /// moved to memory of Numo's kind (see `move_and_hand_over`).
+    fn is_moved(&self) -> bool {
+        self.segment.is_none() && self.released.is_none() && !self.data.ptr.is_null()
+    }
+}
+
 /// `na_data_type`, the root of Numo's type tree, found at load time.
 static NARRAY_TYPE: AtomicPtr<rb_data_type_t> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -680,7 +688,21 @@ fn segment_behind<'a>(obj: Value) -> Option<(VALUE, &'a mut SharedArray)> {
 /// `NArray#shared?`: true while `obj` (or the array it views) has shared
 /// memory; false for ordinary arrays and after `free`.
 pub fn is_shared(obj: Value) -> bool {
-    segment_behind(obj).is_some_and(|(_, array)| !array.freed)
+    segment_behind(obj).is_some_and(|(_, array)| !array.freed && !array.is_moved())
+}
+
+/// `Numo::Shared::Native.pooled_bytes(obj)`: the length of the block of this
+/// worker's pool that `obj` itself owns, 0 for anything else (views, other
+/// shared arrays, ordinary arrays).
+pub fn pooled_bytes(obj: Value) -> usize {
+    match segment_behind(obj) {
+        Some((raw, array)) if raw == obj.as_raw() => array
+            .segment
+            .as_ref()
+            .filter(|segment| segment.is_pooled())
+            .map_or(0, Segment::len),
+        _ => 0,
+    }
 }
 
 /// True for our own arrays, released or not: Numo must not re-initialize or
@@ -740,6 +762,16 @@ pub fn release(obj: Value) -> bool {
     };
     if raw != obj.as_raw() {
         return false;
+    }
+    if array.segment.is_none() && !array.data.ptr.is_null() {
+        // Memory of Numo's kind (a worker's small result, moved when it was
+        // handed over): freed as Numo frees its own.
+        // SAFETY: allocated with xmalloc for this array alone.
+        unsafe { rb_sys::ruby_xfree(array.data.ptr as *mut c_void) };
+        if !array.retired.is_null() {
+            // SAFETY: Numo's struct of this array must not keep the address.
+            unsafe { (*array.retired).ptr = std::ptr::null_mut() };
+        }
     }
     array.data.ptr = std::ptr::null_mut();
     array.freed = true;
@@ -821,9 +853,96 @@ pub fn hand_over(obj: Value, bytes: usize) -> Result<Option<std::os::fd::OwnedFd
         return Ok(None);
     }
     match array.segment.as_mut() {
-        Some(segment) if segment.is_pooled() => segment.hand_over(bytes),
+        Some(segment) if segment.is_pooled() => {
+            if bytes < crate::pool::PARK_BELOW {
+                return move_and_hand_over(array, bytes);
+            }
+            segment.hand_over(bytes)
+        }
         _ => Ok(None),
     }
+}
+
+/// `hand_over` for `obj`, an array made in a worker only to carry a copy of
+/// a result to the parent (it is not used afterwards): a small one's mapping
+/// is parked and `obj` left without memory, as after `NArray#free`; a large
+/// one is handed over as `hand_over` does.
+pub fn hand_over_carrier(obj: Value, bytes: usize) -> Result<Option<std::os::fd::OwnedFd>> {
+    if bytes >= crate::pool::PARK_BELOW {
+        return hand_over(obj, bytes);
+    }
+    let Some((raw, array)) = segment_behind(obj) else {
+        return Ok(None);
+    };
+    let Some(segment) = array
+        .segment
+        .as_mut()
+        .filter(|s| raw == obj.as_raw() && s.is_pooled())
+    else {
+        return Ok(None);
+    };
+    let held = segment.len();
+    let Some(fd) = segment.park_for_hand_over(bytes)? else {
+        return Ok(None);
+    };
+    // The parked mapping is the pool's now; the segment owns nothing else.
+    std::mem::forget(array.segment.take());
+    array.data.ptr = std::ptr::null_mut();
+    array.freed = true;
+    // SAFETY: Numo's struct of this array must not keep the address; and
+    // the block no longer counts as this object's memory.
+    unsafe {
+        if !array.retired.is_null() {
+            (*array.retired).ptr = std::ptr::null_mut();
+        }
+        rb_sys::rb_gc_adjust_memory_usage(-(held as isize) as _);
+    }
+    Ok(Some(fd))
+}
+
+/// `hand_over` for a small result: copies the array's data into memory of
+/// Numo's kind (`xmalloc`, freed with the object as Numo frees its own),
+/// points the array (and Numo's retired struct of it) there, and parks this
+/// process's mapping of the block sent to the parent (`Segment::
+/// park_for_hand_over`). The worker's array is then its own memory, as with
+/// the parallel gem, and no page is unmapped. `None` for a block without its
+/// descriptor.
+fn move_and_hand_over(
+    array: &mut SharedArray,
+    bytes: usize,
+) -> Result<Option<std::os::fd::OwnedFd>> {
+    let copy = ruby_alloc::xmalloc(bytes.max(1))?;
+    let Some(sent) = array.segment.as_mut() else {
+        // SAFETY: just allocated, not used.
+        unsafe { rb_sys::ruby_xfree(copy as *mut c_void) };
+        return Ok(None);
+    };
+    let from = array.data.ptr;
+    let offset = from as usize - sent.as_mut_ptr() as usize;
+    let held = sent.len();
+    // SAFETY: the array's data is `bytes` long inside its live mapping;
+    // `copy` is a fresh buffer of at least `bytes`.
+    unsafe { std::ptr::copy_nonoverlapping(from, copy, bytes) };
+    let fd = match sent.park_for_hand_over(offset + bytes) {
+        Ok(Some(fd)) => fd,
+        other => {
+            // SAFETY: `copy` was never handed to anything.
+            unsafe { rb_sys::ruby_xfree(copy as *mut c_void) };
+            return other;
+        }
+    };
+    // The parked mapping is the pool's now; the segment owns nothing else.
+    std::mem::forget(array.segment.take());
+    array.data.ptr = copy;
+    // SAFETY: Numo's struct of this array, kept alive with it; and memory
+    // accounting: the block no longer counts, `xmalloc` counted the copy.
+    unsafe {
+        if !array.retired.is_null() {
+            (*array.retired).ptr = copy;
+        }
+        rb_sys::rb_gc_adjust_memory_usage(-(held as isize) as _);
+    }
+    Ok(Some(fd))
 }
 
 /// What `export` needs to know of an array: its shape, the bytes of its

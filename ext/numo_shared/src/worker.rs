@@ -360,7 +360,7 @@ fn copy_to_block(obj: Value, facts: &ArrayFacts, arena: &Shared, id: u64) -> Res
     let _: Value = target
         .funcall("store", (obj,))
         .map_err(crate::error::Error::Ruby)?;
-    match shared_array::hand_over(target, facts.bytes)? {
+    match shared_array::hand_over_carrier(target, facts.bytes)? {
         Some(fd) => {
             arena.send_block(&fd, id, facts.bytes)?;
             Ok(Some(Place::Block { id }))
