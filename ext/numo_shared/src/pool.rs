@@ -16,7 +16,7 @@
 //! pool inactive (its pid differs), so it never reuses memory the worker may
 //! still be using.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
@@ -83,7 +83,7 @@ struct Pool {
     made: u64,
     reused: u64,
     /// Mappings of small results handed over (see `park`): (address, length).
-    parked: Vec<(usize, usize)>,
+    parked: VecDeque<(usize, usize)>,
     parked_bytes: usize,
 }
 
@@ -128,7 +128,7 @@ pub fn activate() {
             max_descriptors: descriptor_budget(),
             made: 0,
             reused: 0,
-            parked: Vec::new(),
+            parked: VecDeque::new(),
             parked_bytes: 0,
         });
         old.map(|p| {
@@ -177,11 +177,13 @@ pub fn park(addr: usize, len: usize) {
         let mut guard = lock();
         match mine(&mut guard) {
             Some(pool) => {
-                pool.parked.push((addr, len));
+                pool.parked.push_back((addr, len));
                 pool.parked_bytes += len;
                 let mut evicted = Vec::new();
                 while pool.parked_bytes > MAX_PARKED_BYTES && pool.parked.len() > 1 {
-                    let (a, l) = pool.parked.remove(0);
+                    let Some((a, l)) = pool.parked.pop_front() else {
+                        break;
+                    };
                     pool.parked_bytes -= l;
                     evicted.push((a, l));
                 }
