@@ -53,6 +53,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("memmap", function!(file_map::memmap, 6))?;
     native.define_module_function("flush", function!(shared_array::flush, 1))?;
     native.define_module_function("populate", function!(shared_array::populate, 3))?;
+    native.define_module_function("backed?", function!(shared_array::is_backed, 1))?;
     native.define_module_function("pooled_bytes", function!(shared_array::pooled_bytes, 1))?;
     native.define_module_function("activate_pool", function!(pool::activate_in_child, 1))?;
     // Numo::Parallel: a worker's handle for an array of its result (or nil),

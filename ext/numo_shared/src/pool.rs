@@ -52,6 +52,12 @@ impl Lease {
         fd
     }
 
+    /// True in the process whose pool made the block; false in a process
+    /// forked from it, which must never shrink or send the file.
+    pub fn is_mine(&self) -> bool {
+        self.owner == pid::current().as_raw()
+    }
+
     fn forget_descriptor(&self) {
         forget_descriptor_of(self.owner);
     }
@@ -162,9 +168,11 @@ pub fn activate() {
 /// a hypercall each), against a few µs to copy 100 KB.
 pub const PARK_BELOW: usize = 256 * 1024;
 
-/// At most this many bytes of parked mappings are kept; beyond that the
-/// oldest are unmapped.
+/// At most this many bytes, and this many mappings, are kept parked;
+/// beyond that the oldest are unmapped (each mapping counts against the
+/// process's `vm.max_map_count`).
 const MAX_PARKED_BYTES: usize = 1 << 30;
+const MAX_PARKED_MAPPINGS: usize = 8192;
 
 /// Keeps the mapping `addr..addr+len` of a result handed over to the parent
 /// mapped in this worker, unused, until the pool stops (a process forked
@@ -180,7 +188,10 @@ pub fn park(addr: usize, len: usize) {
                 pool.parked.push_back((addr, len));
                 pool.parked_bytes += len;
                 let mut evicted = Vec::new();
-                while pool.parked_bytes > MAX_PARKED_BYTES && pool.parked.len() > 1 {
+                while (pool.parked_bytes > MAX_PARKED_BYTES
+                    || pool.parked.len() > MAX_PARKED_MAPPINGS)
+                    && pool.parked.len() > 1
+                {
                     let Some((a, l)) = pool.parked.pop_front() else {
                         break;
                     };

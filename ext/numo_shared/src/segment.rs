@@ -262,7 +262,12 @@ impl Segment {
     /// own) and returns the file, to be sent to the parent. `None` for any
     /// other segment, or a pool block without a descriptor.
     pub fn hand_over(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
-        let Some(fd) = self.lease.as_mut().and_then(Lease::take_fd) else {
+        let Some(fd) = self
+            .lease
+            .as_mut()
+            .filter(|lease| lease.is_mine())
+            .and_then(Lease::take_fd)
+        else {
             return Ok(None);
         };
         drop(self.lease.take());
@@ -303,7 +308,12 @@ impl Segment {
     /// and returns the file. The segment no longer owns a mapping: it must
     /// be forgotten, not dropped. `None` for any other segment.
     pub fn park_for_hand_over(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
-        let Some(fd) = self.lease.as_mut().and_then(Lease::take_fd) else {
+        let Some(fd) = self
+            .lease
+            .as_mut()
+            .filter(|lease| lease.is_mine())
+            .and_then(Lease::take_fd)
+        else {
             return Ok(None);
         };
         drop(self.lease.take());

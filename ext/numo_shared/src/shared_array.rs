@@ -43,6 +43,9 @@ struct SharedArray {
     released: Option<Reservation>,
     /// Set by `NArray#free`.
     freed: bool,
+    /// After `NArray#free` of a moved array: its xmalloc'd data, kept (as
+    /// `released` keeps a mapping) until the object is collected.
+    kept: *mut u8,
 }
 
 impl SharedArray {
@@ -133,10 +136,15 @@ unsafe extern "C" fn free_shared(ptr: *mut c_void) {
     }
     let array = Box::from_raw(ptr as *mut SharedArray);
     free_shape(&array.data);
-    if array.segment.is_none() && !array.data.ptr.is_null() {
+    if array.segment.is_none() && !array.data.ptr.is_null() && array.data.owned {
         // Numo gave a released array memory of its own (its `allocate` does
-        // not look at whose struct it writes to): free it as Numo would.
+        // not look at whose struct it writes to), or a moved result's copy:
+        // free it as Numo would (only if owned: Numo's `store_binary` of a
+        // frozen String points the array at the String's bytes).
         rb_sys::ruby_xfree(array.data.ptr as *mut c_void);
+    }
+    if !array.kept.is_null() {
+        rb_sys::ruby_xfree(array.kept as *mut c_void);
     }
     if !array.retired.is_null() {
         free_shape(&*array.retired);
@@ -534,6 +542,7 @@ impl Plan {
             retired: std::ptr::null_mut(),
             released: None,
             freed: false,
+            kept: std::ptr::null_mut(),
         });
         array.data.ptr = match array.segment.as_mut() {
             // SAFETY: callers pass a delta inside the segment.
@@ -691,6 +700,12 @@ pub fn is_shared(obj: Value) -> bool {
     segment_behind(obj).is_some_and(|(_, array)| !array.freed && !array.is_moved())
 }
 
+/// True while `obj` (or the array it views) is ours and has memory: shared,
+/// or a worker's moved result. Numo must not swap its data pointer.
+pub fn is_backed(obj: Value) -> bool {
+    segment_behind(obj).is_some_and(|(_, array)| !array.freed)
+}
+
 /// `Numo::Shared::Native.pooled_bytes(obj)`: the length of the block of this
 /// worker's pool that `obj` itself owns, 0 for anything else (views, other
 /// shared arrays, ordinary arrays).
@@ -765,9 +780,11 @@ pub fn release(obj: Value) -> bool {
     }
     if array.segment.is_none() && !array.data.ptr.is_null() {
         // Memory of Numo's kind (a worker's small result, moved when it was
-        // handed over): freed as Numo frees its own.
-        // SAFETY: allocated with xmalloc for this array alone.
-        unsafe { rb_sys::ruby_xfree(array.data.ptr as *mut c_void) };
+        // handed over): kept until the object is collected, as a mapping's
+        // range is, so a Numo loop still running over it cannot fault.
+        if array.data.owned && array.kept.is_null() {
+            array.kept = array.data.ptr;
+        }
         if !array.retired.is_null() {
             // SAFETY: Numo's struct of this array must not keep the address.
             unsafe { (*array.retired).ptr = std::ptr::null_mut() };
@@ -857,7 +874,15 @@ pub fn hand_over(obj: Value, bytes: usize) -> Result<Option<std::os::fd::OwnedFd
             if bytes < crate::pool::PARK_BELOW {
                 return move_and_hand_over(array, bytes);
             }
-            segment.hand_over(bytes)
+            let held = segment.len();
+            let fd = segment.hand_over(bytes)?;
+            let shrunk = held - segment.len();
+            if shrunk > 0 {
+                // SAFETY: reports the part of the block this object no longer
+                // holds (`install` counted the whole block).
+                unsafe { rb_sys::rb_gc_adjust_memory_usage(-(shrunk as isize) as _) };
+            }
+            Ok(fd)
         }
         _ => Ok(None),
     }

@@ -115,7 +115,7 @@ module Numo
 
       # See NArray#store_binary.
       def store_binary(string, offset = 0)
-        return super unless shared?
+        return super unless Numo::Shared::Native.backed?(self)
 
         bytes = checked_binary_length(string, offset)
         store(self.class.from_binary(string.byteslice(offset, bytes), shape)) unless size.zero?
