@@ -262,32 +262,15 @@ impl Segment {
     /// own) and returns the file, to be sent to the parent. `None` for any
     /// other segment, or a pool block without a descriptor.
     pub fn hand_over(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
-        let Some(fd) = self
-            .lease
-            .as_mut()
-            .filter(|lease| lease.is_mine())
-            .and_then(Lease::take_fd)
-        else {
+        let Some(fd) = self.detach_for_parent(bytes)? else {
             return Ok(None);
         };
-        drop(self.lease.take());
-        let keep = bytes.div_ceil(page_size()) * page_size();
-        let addr = self.ptr.as_ptr() as usize;
-        let failed =
-            |what: &str| Error::os(Errno::last(), format!("{what} a result for the parent"));
-        if keep < self.len {
-            nix::unistd::ftruncate(&fd, keep as libc::off_t)
-                .map_err(|e| Error::os(e, "shrinking a result for the parent"))?;
-            // SAFETY: the tail of our own mapping, past what the array uses.
-            unsafe { unmap(addr + keep, self.len - keep) };
-            self.len = keep;
-        }
         // SAFETY: replaces our own mapping in place with one of the same
         // length over the same file range; the address stays valid.
         let remapped = unsafe {
             libc::mmap(
-                addr as *mut libc::c_void,
-                keep,
+                self.ptr.as_ptr() as *mut libc::c_void,
+                self.len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_FIXED,
                 fd.as_raw_fd(),
@@ -295,7 +278,10 @@ impl Segment {
             )
         };
         if remapped == libc::MAP_FAILED {
-            return Err(failed("keeping a private copy of"));
+            return Err(Error::os(
+                Errno::last(),
+                "keeping a private copy of a result for the parent",
+            ));
         }
         self.access = Access::CopyOnWrite;
         Ok(Some(fd))
@@ -308,6 +294,19 @@ impl Segment {
     /// and returns the file. The segment no longer owns a mapping: it must
     /// be forgotten, not dropped. `None` for any other segment.
     pub fn park_for_hand_over(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
+        let Some(fd) = self.detach_for_parent(bytes)? else {
+            return Ok(None);
+        };
+        pool::park(self.ptr.as_ptr() as usize, self.len);
+        Ok(Some(fd))
+    }
+
+    /// What both hand-overs start with: takes the block's file out of the
+    /// pool (only in the pool's own process: a process forked from it must
+    /// never shrink or send it), and shrinks file and mapping to the first
+    /// `bytes`, page-rounded (the tail was never written by this array, so
+    /// unmapping it is cheap). `None` when this is not such a block.
+    fn detach_for_parent(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
         let Some(fd) = self
             .lease
             .as_mut()
@@ -318,16 +317,13 @@ impl Segment {
         };
         drop(self.lease.take());
         let keep = bytes.div_ceil(page_size()) * page_size();
-        let addr = self.ptr.as_ptr() as usize;
         if keep < self.len {
             nix::unistd::ftruncate(&fd, keep as libc::off_t)
                 .map_err(|e| Error::os(e, "shrinking a result for the parent"))?;
-            // SAFETY: the tail of our own mapping, past what the array uses
-            // (never written: unmapping it is cheap).
-            unsafe { unmap(addr + keep, self.len - keep) };
+            // SAFETY: the tail of our own mapping, past what the array uses.
+            unsafe { unmap(self.ptr.as_ptr() as usize + keep, self.len - keep) };
             self.len = keep;
         }
-        pool::park(addr, keep);
         Ok(Some(fd))
     }
 
