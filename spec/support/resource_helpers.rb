@@ -41,7 +41,15 @@ module ResourceHelpers
   def residue
     full_gc
     { results: results_mapped_bytes, regions: region_mapped_bytes, segments: segment_mapped_bytes,
-      fds: fd_count, receivers: receiver_thread_count, shm: Dir.children("/dev/shm").sort }
+      fds: fd_count, receivers: receiver_thread_count, shm: shm_entries_of_this_process }
+  end
+
+  # /dev/shm's entries, less those that the specs of other processes (a
+  # suite running beside this one) made: their names carry their pid.
+  def shm_entries_of_this_process
+    Dir.children("/dev/shm").reject do |name|
+      (pid = name[/\Anumo-(?:foreign-suite|spec)-(\d+)-/, 1]) && Integer(pid) != Process.pid
+    end.sort
   end
 
   # The residue, once it equals +before+ or after a few tries. Ruby scans
