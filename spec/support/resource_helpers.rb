@@ -68,6 +68,21 @@ module ResourceHelpers
     after
   end
 
+  # The block's value after a full collection, once it equals +expected+
+  # or after a few tries, each after overwriting the stack (see
+  # settled_residue: a stale stack slot can keep one object alive).
+  def settled_value(expected)
+    value = nil
+    4.times do
+      full_gc
+      value = yield
+      break if value == expected
+
+      overwrite_stack(200)
+    end
+    value
+  end
+
   # Calls itself +depth+ deep, each level through a C method (Array#sum
   # yields), so that both Ruby's VM stack and the machine stack are written over.
   def overwrite_stack(depth)
