@@ -352,9 +352,9 @@ fn map_block(fd: OwnedFd, bytes: usize) -> Arrival {
     // pages exist (the worker wrote them): mapping them all now, on this
     // thread, spares the reader a page fault per 64 KiB, each far dearer
     // than a page of a bulk mapping.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
+    let mapped = unsafe {
+        segment::mmap_raw(
+            None,
             len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_POPULATE,
@@ -362,16 +362,16 @@ fn map_block(fd: OwnedFd, bytes: usize) -> Arrival {
             0,
         )
     };
-    if addr == libc::MAP_FAILED {
-        return Arrival::from_error(segment::mapping_error(
-            Errno::last(),
-            format!("mapping {} of a result", human_bytes(len)),
-        ));
-    }
-    Arrival::Mapped {
-        addr: addr as usize,
-        len,
-    }
+    let addr = match mapped {
+        Ok(addr) => addr,
+        Err(errno) => {
+            return Arrival::from_error(segment::mapping_error(
+                errno,
+                format!("mapping {} of a result", human_bytes(len)),
+            ))
+        }
+    };
+    Arrival::Mapped { addr, len }
 }
 
 fn random_token() -> Result<u64> {

@@ -31,10 +31,6 @@ pub const MIN_BYTES: usize = 64 * 1024;
 /// freed block is unmapped.
 const MAX_FREE_BYTES: usize = 256 << 20;
 
-/// `MADV_POPULATE_WRITE` (Linux 5.14): maps every page of a range at once,
-/// much cheaper than a page fault per page for memory about to be written.
-const MADV_POPULATE_WRITE: libc::c_int = 23;
-
 /// What a pooled `Segment` carries: the block's file (while the pool holds a
 /// descriptor for it) and the process whose pool it belongs to.
 pub struct Lease {
@@ -303,9 +299,9 @@ fn make(bytes: usize, class: usize, keep_fd: bool) -> Option<Segment> {
         return give_up();
     }
     // SAFETY: a fresh shared mapping of our own memfd.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
+    let mapped = unsafe {
+        segment::mmap_raw(
+            None,
             class,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
@@ -313,18 +309,18 @@ fn make(bytes: usize, class: usize, keep_fd: bool) -> Option<Segment> {
             0,
         )
     };
-    if addr == libc::MAP_FAILED {
+    let Ok(addr) = mapped else {
         return give_up();
-    }
+    };
     let populate = bytes.div_ceil(page_size()) * page_size();
-    // SAFETY: a range of the mapping just made. Failure (an old kernel) only
-    // means the pages are faulted in one by one as they are written.
-    unsafe { libc::madvise(addr, populate.min(class), MADV_POPULATE_WRITE) };
+    // SAFETY: a range of the mapping just made (failure only means its
+    // pages are faulted in as they are written).
+    unsafe { segment::populate(addr, populate.min(class)) };
     let lease = Lease {
         fd: keep_fd.then_some(fd),
         owner,
     };
-    Some(Segment::pooled(addr as usize, class, lease))
+    Some(Segment::pooled(addr, class, lease))
 }
 
 /// Called when a pooled segment is dropped: keeps the block for reuse, or

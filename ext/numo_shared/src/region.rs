@@ -25,9 +25,6 @@ const DATA_START: u64 = 4096;
 /// their chunk without touching the shared cursor.
 const CHUNK: u64 = 64 * 1024;
 
-/// `MADV_POPULATE_WRITE` (Linux 5.14).
-const MADV_POPULATE_WRITE: libc::c_int = 23;
-
 /// The chunk this process packs into: (pid, region address, next, end).
 static CHUNK_OF: std::sync::Mutex<(i32, usize, u64, u64)> = std::sync::Mutex::new((0, 0, 0, 0));
 
@@ -55,22 +52,17 @@ impl Region {
         let fd = memfd::create(c"numo-shared-region", len, "small results").ok()?;
         // SAFETY: a fresh shared mapping of our own memfd, not populated.
         let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
+            segment::mmap_raw(
+                None,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_NORESERVE,
                 fd.as_raw_fd(),
                 0,
             )
-        };
-        if addr == libc::MAP_FAILED {
-            return None;
         }
-        let region = Region {
-            addr: addr as usize,
-            len,
-        };
+        .ok()?;
+        let region = Region { addr, len };
         region.cursor().store(DATA_START, Ordering::SeqCst);
         Some(region)
     }
@@ -107,13 +99,7 @@ impl Region {
         let stop = start.checked_add(want).filter(|&e| e <= self.len as u64)?;
         // SAFETY: a range of our mapping this process just took. Failure
         // (an old kernel) only means its pages are faulted in as written.
-        unsafe {
-            libc::madvise(
-                (self.addr + start as usize) as *mut libc::c_void,
-                want as usize,
-                MADV_POPULATE_WRITE,
-            );
-        }
+        unsafe { segment::populate(self.addr + start as usize, want as usize) };
         *chunk = (me, self.addr, start + len, stop);
         Some(start)
     }

@@ -80,6 +80,50 @@ impl Drop for Segment {
     }
 }
 
+/// `MADV_POPULATE_WRITE` (Linux 5.14).
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// Maps every page of `addr..addr + len` for writing at once, far cheaper
+/// than a page fault each for memory about to be written. False when the
+/// kernel cannot (before Linux 5.14): the pages are then faulted in as they
+/// are written.
+///
+/// # Safety
+/// The range must lie in a live, writable mapping of this process.
+pub unsafe fn populate(addr: usize, len: usize) -> bool {
+    libc::madvise(addr as *mut libc::c_void, len, MADV_POPULATE_WRITE) == 0
+}
+
+/// `mmap(2)` of `len` bytes of `fd` from `offset`: at `at` (with
+/// `MAP_FIXED` in `flags`, replacing what is there) or where the kernel
+/// chooses. The address, or the errno of the failure.
+///
+/// # Safety
+/// With `at`, the range must be this process's own mapping, which nothing
+/// may use as it was afterwards.
+pub unsafe fn mmap_raw(
+    at: Option<usize>,
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+    fd: std::os::fd::RawFd,
+    offset: libc::off_t,
+) -> std::result::Result<usize, Errno> {
+    let addr = libc::mmap(
+        at.unwrap_or(0) as *mut libc::c_void,
+        len,
+        prot,
+        flags,
+        fd,
+        offset,
+    );
+    if addr == libc::MAP_FAILED {
+        Err(Errno::last())
+    } else {
+        Ok(addr as usize)
+    }
+}
+
 /// `munmap`, for mappings this module made.
 ///
 /// # Safety
@@ -124,20 +168,9 @@ impl Segment {
         // SAFETY: a fresh mapping chosen by the kernel; other processes may
         // write to it concurrently, which is the point: the memory is only
         // ever reached through raw pointers by Numo.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                flags,
-                fd.as_fd().as_raw_fd(),
-                off,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(mapping_error(Errno::last(), mapping()));
-        }
-        Ok(Self::adopt_mapping(addr as usize, len, access))
+        let addr = unsafe { mmap_raw(None, len, prot, flags, fd.as_fd().as_raw_fd(), off) }
+            .map_err(|errno| mapping_error(errno, mapping()))?;
+        Ok(Self::adopt_mapping(addr, len, access))
     }
 
     /// Takes ownership of a live mapping made elsewhere in this crate.
@@ -239,19 +272,20 @@ impl Segment {
         if self.access.is_shared_writable() {
             live().remove(&self.serial);
         }
-        drop(self.lease.take()); // a pool block is not reused: its range is gone
-                                 // SAFETY: replaces our own mapping in place with anonymous memory of
-                                 // the same length; nothing else is mapped there.
-        unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
+        // A pool block is not reused: its range is gone.
+        drop(self.lease.take());
+        // SAFETY: replaces our own mapping in place with anonymous memory of
+        // the same length; nothing else is mapped there.
+        let _ = unsafe {
+            mmap_raw(
+                Some(addr),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
                 -1,
                 0,
-            );
-        }
+            )
+        };
         std::mem::forget(self);
         Reservation { addr, len }
     }
@@ -267,22 +301,17 @@ impl Segment {
         };
         // SAFETY: replaces our own mapping in place with one of the same
         // length over the same file range; the address stays valid.
-        let remapped = unsafe {
-            libc::mmap(
-                self.ptr.as_ptr() as *mut libc::c_void,
+        unsafe {
+            mmap_raw(
+                Some(self.ptr.as_ptr() as usize),
                 self.len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_FIXED,
                 fd.as_raw_fd(),
                 0,
             )
-        };
-        if remapped == libc::MAP_FAILED {
-            return Err(Error::os(
-                Errno::last(),
-                "keeping a private copy of a result for the parent",
-            ));
         }
+        .map_err(|errno| Error::os(errno, "keeping a private copy of a result for the parent"))?;
         self.access = Access::CopyOnWrite;
         Ok(Some(fd))
     }
