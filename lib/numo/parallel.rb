@@ -28,8 +28,8 @@ module Numo
     # +finish+ hook needs them).
     WITHOUT_RESULTS = %i[each each_with_index any? all?].freeze
 
-    # Rows of +stack+ this large or larger are collected as soon as they are
-    # stored (see stack_block): a minor collection costs about what fresh
+    # Rows of +stack+ this large or larger are collected before the next
+    # item (see stack_block): a minor collection costs about what fresh
     # pages for 1 MiB cost on the project's machine.
     RECYCLE_ROWS_FROM = 1 << 20
     private_constant :RECYCLE_ROWS_FROM

@@ -49,6 +49,23 @@ struct SharedArray {
 }
 
 impl SharedArray {
+    /// After `Segment::park_for_hand_over`: drops the segment without
+    /// unmapping (the parked mapping is the pool's now), points the array
+    /// and Numo's retired struct of it at `data`, and stops counting the
+    /// block's `held` bytes as this object's memory.
+    fn leave_parked_block(&mut self, data: *mut u8, held: usize) {
+        std::mem::forget(self.segment.take());
+        self.data.ptr = data;
+        // SAFETY: Numo's struct of this array lives as long as it does; the
+        // adjustment reports memory this object no longer holds.
+        unsafe {
+            if !self.retired.is_null() {
+                (*self.retired).ptr = data;
+            }
+            rb_sys::rb_gc_adjust_memory_usage(-(held as isize) as _);
+        }
+    }
+
     /// True for a worker's small result after it was handed over: its data
     /// moved to memory of Numo's kind (see `move_and_hand_over`).
     fn is_moved(&self) -> bool {
@@ -910,18 +927,8 @@ pub fn hand_over_carrier(obj: Value, bytes: usize) -> Result<Option<std::os::fd:
     let Some(fd) = segment.park_for_hand_over(bytes)? else {
         return Ok(None);
     };
-    // The parked mapping is the pool's now; the segment owns nothing else.
-    std::mem::forget(array.segment.take());
-    array.data.ptr = std::ptr::null_mut();
+    array.leave_parked_block(std::ptr::null_mut(), held);
     array.freed = true;
-    // SAFETY: Numo's struct of this array must not keep the address; and
-    // the block no longer counts as this object's memory.
-    unsafe {
-        if !array.retired.is_null() {
-            (*array.retired).ptr = std::ptr::null_mut();
-        }
-        rb_sys::rb_gc_adjust_memory_usage(-(held as isize) as _);
-    }
     Ok(Some(fd))
 }
 
@@ -956,17 +963,7 @@ fn move_and_hand_over(
             return other;
         }
     };
-    // The parked mapping is the pool's now; the segment owns nothing else.
-    std::mem::forget(array.segment.take());
-    array.data.ptr = copy;
-    // SAFETY: Numo's struct of this array, kept alive with it; and memory
-    // accounting: the block no longer counts, `xmalloc` counted the copy.
-    unsafe {
-        if !array.retired.is_null() {
-            (*array.retired).ptr = copy;
-        }
-        rb_sys::rb_gc_adjust_memory_usage(-(held as isize) as _);
-    }
+    array.leave_parked_block(copy, held); // `xmalloc` counted the copy
     Ok(Some(fd))
 }
 
@@ -1152,7 +1149,7 @@ pub fn populate(obj: Value, offset: usize, len: usize) -> bool {
     let page = crate::segment::page_size();
     let (first, last) = (from / page * page, to.div_ceil(page) * page);
     // SAFETY: a range of our own live mapping; populating has no other effect.
-    unsafe { libc::madvise(first as *mut c_void, last.min(end) - first, 23) == 0 }
+    unsafe { crate::segment::populate(first, last.min(end) - first) }
 }
 
 /// `NArray#flush`: writes the changes of a mapped file (or the file behind
