@@ -129,7 +129,8 @@ module Numo
         type, = DTYPES.find { |_, d| d.sub(/\A[<|]/, "") == normalized }
         return type if type
 
-        raise FormatError, "#{path.inspect} holds numpy dtype #{descr.inspect}, which has no Numo class to map it"
+        raise FormatError, "#{path.inspect} holds numpy dtype #{descr.inspect}, which has no Numo class to map it; " \
+                           "convert it with numpy to one that has (#{DTYPES.values.join(', ')}), e.g. a.astype('<f8')"
       end
 
       def unmappable_class_message(type)
