@@ -473,6 +473,12 @@ RSpec.describe Numo::Parallel do
       end.to raise_error(ArgumentError, /item [01] \([45]\) gave shape \[[45]\], expected \[2\]/)
     end
 
+    it "names the item whose value Numo cannot cast to the type" do
+      expect do
+        described_class.stack([4, 5], type: Numo::UInt8, shape: [2], in_processes: 2) { |n| "x" * n }
+      end.to raise_error(Numo::NArray::CastError, /\Aitem [01] \([45]\) gave a String, which Numo::UInt8 cannot cast: /)
+    end
+
     it "works in threads" do
       a = described_class.stack(0...3, type: Numo::SFloat, shape: [2], in_threads: 2) { |i| [i, -i] }
       expect(a.to_a).to eq([[0, 0], [1, -1], [2, -2]])

@@ -240,11 +240,18 @@ module Numo
       end
 
       def stack_row(value, type, shape, item, index)
-        row = value.is_a?(Numo::NArray) ? value : type.cast(value)
+        row = value.is_a?(Numo::NArray) ? value : cast_row(value, type, item, index)
         return row if row.shape == shape || (shape.empty? && row.size == 1)
 
         raise ArgumentError,
               "item #{index} (#{item.inspect}) gave shape #{row.shape.inspect}, expected #{shape.inspect}"
+      end
+
+      # +value+ as a +type+ array; Numo's cast error names the item.
+      def cast_row(value, type, item, index)
+        type.cast(value)
+      rescue Numo::NArray::CastError, TypeError => e
+        raise e.class, "item #{index} (#{item.inspect}) gave a #{value.class}, which #{type} cannot cast: #{e.message}"
       end
     end
 
