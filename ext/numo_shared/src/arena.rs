@@ -182,6 +182,31 @@ impl Arena {
     pub fn token(&self) -> u64 {
         self.shared.token
     }
+
+    /// `arena.claims?`: whether items of a batched map can be claimed
+    /// (the arena has its shared region).
+    pub fn has_claims(&self) -> bool {
+        self.shared.region.is_some()
+    }
+
+    /// `arena.claim_item(count)`: the index of the next of `count` items
+    /// for this process to run, or nil when none is left (or an item
+    /// raised). Any process that shares the arena may claim.
+    pub fn claim_item(&self, count: u64) -> Option<u64> {
+        self.shared.region.as_ref()?.claim(count)
+    }
+
+    /// `arena.items_claimed`: how many claims were made so far.
+    pub fn items_claimed(&self) -> u64 {
+        self.shared.region.as_ref().map_or(0, Region::claimed)
+    }
+
+    /// `arena.stop_claims`: no item is given out from now on.
+    pub fn stop_claims(&self) {
+        if let Some(region) = self.shared.region.as_ref() {
+            region.stop_claims();
+        }
+    }
 }
 
 /// An arena the parent never closed (its call ended without `ensure`) is

@@ -70,6 +70,10 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     arena.define_method("token", method!(Arena::token, 0))?;
     arena.define_method("enter_worker", method!(worker::enter, 0))?;
     arena.define_method("expect_exports", method!(expect_exports, 1))?;
+    arena.define_method("claims?", method!(Arena::has_claims, 0))?;
+    arena.define_method("claim_item", method!(Arena::claim_item, 1))?;
+    arena.define_method("items_claimed", method!(Arena::items_claimed, 0))?;
+    arena.define_method("stop_claims", method!(Arena::stop_claims, 0))?;
 
     // Every shared array is extended with it (see shared_array::install).
     let reinit = shared.define_module("Reinitialization")?;

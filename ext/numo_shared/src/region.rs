@@ -17,8 +17,14 @@ use crate::segment;
 /// (`ulimit -v`) or a file size limit gets a smaller region, or none.
 const SIZES: [usize; 5] = [256 << 20, 64 << 20, 16 << 20, 4 << 20, 1 << 20];
 
-/// Where packed data starts: after the cursor, on its own page.
+/// Where packed data starts: after the counters, on its own page.
 const DATA_START: u64 = 4096;
+
+/// The counters of a batched map (see `claim`), each on a cache line of its
+/// own in the first page: the next item to claim, and whether claiming
+/// stopped.
+const CLAIMED_AT: usize = 64;
+const STOPPED_AT: usize = 128;
 
 /// Workers take the region in chunks of this many bytes (and map a chunk's
 /// pages at once, far cheaper than a page fault each), then pack into
@@ -68,8 +74,35 @@ impl Region {
     }
 
     fn cursor(&self) -> &AtomicU64 {
-        // SAFETY: the first 8 bytes of the mapping, 8-byte aligned.
-        unsafe { &*(self.addr as *const AtomicU64) }
+        self.counter(0)
+    }
+
+    fn counter(&self, at: usize) -> &AtomicU64 {
+        debug_assert!(at % 8 == 0 && at + 8 <= DATA_START as usize);
+        // SAFETY: 8 bytes of the mapping's first page, 8-byte aligned,
+        // used only as this atomic (by every process that maps the region).
+        unsafe { &*((self.addr + at) as *const AtomicU64) }
+    }
+
+    /// The next item of a batched map of `count` items for the calling
+    /// worker to run: each index is given to exactly one process, in
+    /// order. `None` once all are given out or claiming stopped.
+    pub fn claim(&self, count: u64) -> Option<u64> {
+        if self.counter(STOPPED_AT).load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        let index = self.counter(CLAIMED_AT).fetch_add(1, Ordering::SeqCst);
+        (index < count).then_some(index)
+    }
+
+    /// How many claims were made (failed ones included).
+    pub fn claimed(&self) -> u64 {
+        self.counter(CLAIMED_AT).load(Ordering::SeqCst)
+    }
+
+    /// No more items are given out (an item raised).
+    pub fn stop_claims(&self) {
+        self.counter(STOPPED_AT).store(1, Ordering::SeqCst);
     }
 
     /// Takes `len` bytes from this process's chunk (taking a new chunk when
