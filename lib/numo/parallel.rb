@@ -3,6 +3,7 @@
 require "parallel"
 require "stringio"
 require_relative "shared"
+require_relative "parallel/batched_map"
 
 module Numo
   # A drop-in for the parallel gem (same methods, arguments, options and
@@ -92,9 +93,10 @@ module Numo
         next unless ::Parallel.respond_to?(name)
 
         define_method(name) do |*args, &block|
-          through_shared_memory(block, args[1], returns_results?(name, args[1])) do |worker_block|
-            ::Parallel.public_send(name, *args, &worker_block)
-          end
+          batched = BatchedMap.for(name, args, block)
+          next item_by_item(name, args, block) unless batched
+
+          batched.call(block) { |items| item_by_item(name, [items, *args.drop(1)], block) }
         end
       end
 
@@ -156,18 +158,20 @@ module Numo
         options[:preserve_results] != false && !options[:discard_results]
       end
 
-      # Runs the gem with a block that, in worker processes, computes large
-      # arrays in shared memory and hands its results' NArrays over. Whether
-      # the gem forks is its own decision (in_threads, in_processes: 0, ...):
-      # the arena is made either way, and the block sees where it runs. A
+      # Runs the gem's method +name+, each item a round trip of its own,
+      # with a block that, in worker processes, computes large arrays in
+      # shared memory and hands its results' NArrays over. Whether the gem
+      # forks is its own decision (in_threads, in_processes: 0, ...): the
+      # arena is made either way, and the block sees where it runs. A
       # serializer that does not marshal (parallel 2.x) makes it the gem's
       # own call.
-      def through_shared_memory(block, options, returns)
-        return yield(block) unless block && marshals_results?(options)
+      def item_by_item(name, args, block)
+        options = args[1]
+        return ::Parallel.public_send(name, *args, &block) unless block && marshals_results?(options)
 
         arena = Numo::Shared::Arena.new
         begin
-          yield(worker_block(arena, block, returns))
+          ::Parallel.public_send(name, *args, &worker_block(arena, block, returns_results?(name, options)))
         ensure
           arena.close
         end

@@ -74,7 +74,7 @@ class FaultInjection
   # One map with a fault at a random item (or none); returns the results
   # it keeps for the end.
   def one_map
-    items = (0...@random.rand(3..6)).to_a
+    items = (0...@random.rand(3..12)).to_a # from 8 items, in batches (BatchedMap)
     fault = @random.rand < 0.5 ? FAULTS.sample(random: @random) : nil
     @counts[fault || :none] += 1
     results = outcome(items, fault, items.sample(random: @random))

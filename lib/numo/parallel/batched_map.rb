@@ -1,0 +1,182 @@
+# frozen_string_literal: true
+
+require_relative "batch"
+
+module Numo
+  module Parallel
+    # A map of many quick items, run in batches: the parallel gem sends every
+    # item to a worker and its value back in a round trip of its own (about
+    # 40-70 µs of the parent's time on a 2-core machine), which is most of
+    # the cost when an item takes microseconds. Here each round trip runs
+    # items until about BATCH_SECONDS have passed: the worker claims item
+    # indices one at a time from a counter the parent shares with its
+    # workers (so slow items still go one per worker, and the last items are
+    # spread over every worker), and marshals each value as its item ends,
+    # exactly when the gem would (a buffer a worker reuses from item to item
+    # comes back with each item's values). The parent loads the values in
+    # item order. An item that raises stops all claiming, and the exception
+    # (Parallel::Break and Parallel::Kill included) reaches the gem as from
+    # any item.
+    #
+    # Used by {Numo::Parallel.map} and its relatives when their results
+    # are kept and no option asks for the gem's per-item behaviour (see
+    # PER_ITEM_OPTIONS).
+    # @api private
+    class BatchedMap
+      # A round trip runs items until this much time has passed...
+      BATCH_SECONDS = 0.002
+
+      # ... or until one item took this long: a round trip costs far less,
+      # and a worker that sends its values sooner keeps the parent busy
+      # loading them while it computes.
+      SLOW_ITEM_SECONDS = 0.0005
+
+      # Maps of fewer items than this many per worker gain nothing.
+      MIN_ITEMS_PER_WORKER = 4
+
+      # Options whose per-item hooks, per-item processes or own transport
+      # the gem must keep: a map given one runs item by item.
+      PER_ITEM_OPTIONS = %i[start finish finish_in_order progress isolation serializer
+                            in_threads in_ractors ractor preserve_results discard_results].freeze
+
+      # The gem's methods that are map's values, and what each makes of
+      # them (of a Parallel::Break's value too, as the gem does).
+      METHODS = { map: :itself.to_proc, map_with_index: :itself.to_proc,
+                  flat_map: ->(values) { values.flatten(1) }, filter_map: :compact.to_proc }.freeze
+
+      # A BatchedMap for the gem's method +name+ called with +args+ and
+      # +block+, or nil when that call should run item by item.
+      def self.for(name, args, block)
+        return nil unless METHODS.key?(name) && block && args.size.between?(1, 2)
+
+        source, options = args
+        options ||= {}
+        return nil unless (workers = workers_for(source, options))
+
+        items = source.to_a
+        new(name, items, options, [workers, items.size].min) if items.size >= MIN_ITEMS_PER_WORKER * workers
+      end
+
+      # How many processes the gem would fork for +source+ and +options+;
+      # nil when it would not fork, when it takes the items one by one
+      # from a lambda or a Queue, or when an option needs it per item.
+      def self.workers_for(source, options)
+        return nil unless listed?(source) && options.is_a?(Hash) && (options.keys & PER_ITEM_OPTIONS).empty?
+
+        workers = options[:in_processes] || ::Parallel.processor_count
+        workers if workers.is_a?(Integer) && workers.positive?
+      end
+
+      # Whether the gem turns +source+ into an Array of items up front, and
+      # can fork.
+      def self.listed?(source)
+        !source.respond_to?(:call) && !source.is_a?(Thread::Queue) && source.respond_to?(:to_a) &&
+          Process.respond_to?(:fork)
+      end
+      private_class_method :workers_for, :listed?
+
+      def initialize(name, items, options, workers)
+        @name = name
+        @items = items
+        @options = options
+        @workers = workers
+        @with_index = name == :map_with_index || options[:with_index] ? true : false
+      end
+
+      # Runs the map with +block+; returns what the gem's method returns.
+      # Yields the items instead (and returns what the block returns) if
+      # the arena cannot share a counter with the workers: the caller then
+      # runs the map item by item.
+      def call(block)
+        arena = Numo::Shared::Arena.new
+        return METHODS.fetch(@name).call(run(arena, block)) if arena.claims?
+
+        arena.close
+        yield(@items)
+      ensure
+        arena&.close
+      end
+
+      private
+
+      # The gem's source: a job while items are left to claim.
+      def jobs(arena)
+        count = @items.size
+        -> { arena.items_claimed >= count ? ::Parallel::Stop : nil }
+      end
+
+      # The block each worker runs for a round trip.
+      def round_trip(arena, block)
+        run = item_runner(arena, block)
+        lambda do |_job|
+          arena.enter_worker
+          batch = Batch.new
+          fill(batch, arena, run)
+          run.call(nil, batch) # marshals the last value
+          batch
+        end
+      end
+
+      # Runs items this worker claims into +batch+, until BATCH_SECONDS
+      # have passed, an item was slow, or it ran its share of what was left.
+      def fill(batch, arena, run)
+        most = share_of_what_is_left(arena)
+        start = last = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        while batch.indices.size < most && (index = arena.claim_item(@items.size))
+          run.call(index, batch)
+          now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+          break if now - last >= SLOW_ITEM_SECONDS || now - start >= BATCH_SECONDS
+
+          last = now
+        end
+      end
+
+      # At most this many items in a round trip: a part of those left, so
+      # that the last items are spread over every worker.
+      def share_of_what_is_left(arena)
+        [(@items.size - arena.items_claimed) / (2 * @workers), 1].max
+      end
+
+      # Runs item +index+ into +batch+, first marshaling the value before it
+      # (with +index+ nil, only that); an item that raises (or breaks, or
+      # exits), or a value Marshal cannot dump, stops the other workers'
+      # claims.
+      def item_runner(arena, block)
+        items = @items
+        with_index = @with_index
+        lambda do |index, batch|
+          batch.seal { |value| arena.expect_exports(value) }
+          next unless index
+
+          value = with_index ? block.call(items[index], index) : block.call(items[index])
+          batch.add(index, value)
+        rescue Exception # rubocop:disable Lint/RescueException -- any end of an item stops the others
+          arena.stop_claims
+          raise
+        end
+      end
+
+      # Every item's value, in order; or what the gem returned instead (a
+      # Parallel::Break's value), as it is.
+      def run(arena, block)
+        options = @options.merge(in_processes: @workers).except(:with_index)
+        returned = ::Parallel.map(jobs(arena), options, &round_trip(arena, block))
+        return returned unless returned.is_a?(Array) && returned.all?(Batch)
+
+        in_item_order(returned)
+      end
+
+      def in_item_order(batches)
+        results = Array.new(@items.size)
+        loaded = 0
+        batches.each do |batch|
+          batch.indices.zip(batch.values) { |index, value| results[index] = value }
+          loaded += batch.indices.size
+        end
+        return results if loaded == results.size
+
+        raise Numo::Shared::Error, "a batched map got #{loaded} values for #{results.size} items"
+      end
+    end
+  end
+end
