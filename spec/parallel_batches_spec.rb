@@ -63,6 +63,17 @@ RSpec.describe Numo::Parallel::BatchedMap do
     expect(ours.map(&:object_id).uniq.size).to eq(64)
   end
 
+  it "exports only a value's arrays: a Marshal.dump the block makes itself writes Numo's data" do
+    cache = {}
+    results = Numo::Parallel.map(0...400, opts) do |i|
+      cache[:buf] ||= Numo::DFloat.new(10).seq
+      i.even? ? [cache[:buf], cache[:buf]] : Marshal.dump(cache[:buf]) # the array twice: Marshal links the second
+    end
+    dumps = results.values_at(*(1...400).step(2))
+    expect(dumps.size).to eq(200)
+    expect(dumps.map { |d| Marshal.load(d).to_a }.uniq).to eq([(0...10).map(&:to_f)]) # rubocop:disable Security/MarshalLoad
+  end
+
   it "gives each item index out once, in order, until all are given or claiming stops" do
     arena = Numo::Shared::Arena.new
     expect(arena.claims?).to be(true)

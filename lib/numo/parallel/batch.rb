@@ -23,13 +23,19 @@ module Numo
         @indices << index
       end
 
-      # Marshals the last value added, if not yet, after yielding it (to
-      # the worker's export of its arrays).
-      def seal
+      # Replaces the last value added, if not yet marshaled, with its
+      # Marshal data. Its arrays are exported through +arena+ as the gem's
+      # Marshal.dump of an item's value exports them, and no other array
+      # (the block's own Marshal.dump in a later item writes Numo's data).
+      def seal(arena)
         return if @values.size == @sealed.to_i
 
-        yield @values.last
-        @values[-1] = Marshal.dump(@values.last)
+        begin
+          arena.expect_exports(@values.last)
+          @values[-1] = Marshal.dump(@values.last)
+        ensure
+          arena.expect_exports(nil)
+        end
         @sealed = @values.size
       end
 

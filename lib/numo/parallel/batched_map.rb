@@ -99,12 +99,6 @@ module Numo
 
       private
 
-      # The gem's source: a job while items are left to claim.
-      def jobs(arena)
-        count = @items.size
-        -> { arena.items_claimed >= count ? ::Parallel::Stop : nil }
-      end
-
       # The block each worker runs for a round trip.
       def round_trip(arena, block)
         run = item_runner(arena, block)
@@ -118,9 +112,10 @@ module Numo
       end
 
       # Runs items this worker claims into +batch+, until BATCH_SECONDS
-      # have passed, an item was slow, or it ran its share of what was left.
+      # have passed, an item was slow, or it ran its share of what was left
+      # (a part, so that the last items are spread over every worker).
       def fill(batch, arena, run)
-        most = share_of_what_is_left(arena)
+        most = share(arena)
         start = last = Process.clock_gettime(Process::CLOCK_MONOTONIC)
         while batch.indices.size < most && (index = arena.claim_item(@items.size))
           run.call(index, batch)
@@ -131,9 +126,7 @@ module Numo
         end
       end
 
-      # At most this many items in a round trip: a part of those left, so
-      # that the last items are spread over every worker.
-      def share_of_what_is_left(arena)
+      def share(arena)
         [(@items.size - arena.items_claimed) / (2 * @workers), 1].max
       end
 
@@ -145,7 +138,7 @@ module Numo
         items = @items
         with_index = @with_index
         lambda do |index, batch|
-          batch.seal { |value| arena.expect_exports(value) }
+          batch.seal(arena)
           next unless index
 
           value = with_index ? block.call(items[index], index) : block.call(items[index])
@@ -157,10 +150,13 @@ module Numo
       end
 
       # Every item's value, in order; or what the gem returned instead (a
-      # Parallel::Break's value), as it is.
+      # Parallel::Break's value), as it is. The gem's source gives a job
+      # while items are left to claim.
       def run(arena, block)
-        options = @options.merge(in_processes: @workers).except(:with_index)
-        returned = ::Parallel.map(jobs(arena), options, &round_trip(arena, block))
+        count = @items.size
+        jobs = -> { arena.items_claimed >= count ? ::Parallel::Stop : nil }
+        returned = ::Parallel.map(jobs, @options.merge(in_processes: @workers).except(:with_index),
+                                  &round_trip(arena, block))
         return returned unless returned.is_a?(Array) && returned.all?(Batch)
 
         in_item_order(returned)
