@@ -8,15 +8,14 @@ module Numo
     # item to a worker and its value back in a round trip of its own (about
     # 40-70 µs of the parent's time on a 2-core machine), which is most of
     # the cost when an item takes microseconds. Here each round trip runs
-    # items until about BATCH_SECONDS have passed: the worker claims item
-    # indices one at a time from a counter the parent shares with its
-    # workers (so slow items still go one per worker, and the last items are
-    # spread over every worker), and marshals each value as its item ends,
-    # exactly when the gem would (a buffer a worker reuses from item to item
-    # comes back with each item's values). The parent loads the values in
-    # item order. An item that raises stops all claiming, and the exception
-    # (Parallel::Break and Parallel::Kill included) reaches the gem as from
-    # any item.
+    # items until BATCH_SECONDS have passed or one took SLOW_ITEM_SECONDS:
+    # the worker claims item indices one at a time from a counter the parent
+    # shares with its workers (so slow items still go one per round trip,
+    # and the last items are spread over every worker), and marshals each
+    # value as its item ends, when the gem would (see Batch). The parent
+    # puts the values in item order. An item that raises stops all
+    # claiming, and the exception (Parallel::Break and Parallel::Kill
+    # included) reaches the gem as from any item.
     #
     # Used by {Numo::Parallel.map} and its relatives when their results
     # are kept and no option asks for the gem's per-item behaviour (see
