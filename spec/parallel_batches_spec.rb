@@ -152,8 +152,8 @@ RSpec.describe Numo::Parallel::BatchedMap do
     [{ start: ->(*) {} }, { finish: ->(*) {} }, { isolation: true }, { preserve_results: false }].each do |option|
       expect(described_class.for(:map, [0...100, opts.merge(option)], proc {})).to be_nil
     end
-    expect(described_class.for(:map, [0...7, opts], proc {})).to be_nil
-    expect(described_class.for(:map, [0...8, opts], proc {})).not_to be_nil
+    expect(described_class.for(:map, [0...7, opts], proc {})).not_to be_batched
+    expect(described_class.for(:map, [0...8, opts], proc {})).to be_batched
     expect(described_class.for(:each, [0...100, opts], proc {})).to be_nil
     expect(described_class.for(:map, [-> { Parallel::Stop }, opts], proc {})).to be_nil
     expect(described_class.for(:map, [0...100, opts.merge(in_processes: 0)], proc {})).to be_nil
@@ -177,6 +177,17 @@ RSpec.describe Numo::Parallel::BatchedMap do
       p listed
     RUBY
     expect(out).to eq("false\ntrue\n1\n")
+  end
+
+  it "enumerates the source once, batched or not" do
+    [3, 40].each do |count|
+      reader, writer = IO.pipe
+      writer.puts((1..count).to_a)
+      writer.close
+      lines = reader.each_line # an Enumerator that a second pass finds empty
+      expect(Numo::Parallel.map(lines, opts, &:to_i)).to eq((1..count).to_a)
+      reader.close
+    end
   end
 
   it "keeps results valid under GC.stress and GC.compact in the parent" do

@@ -44,16 +44,16 @@ module Numo
                   flat_map: ->(values) { values.flatten(1) }, filter_map: :compact.to_proc }.freeze
 
       # A BatchedMap for the gem's method +name+ called with +args+ and
-      # +block+, or nil when that call should run item by item.
+      # +block+, or nil when that call runs item by item whatever the items.
+      # (Whether there are enough items to batch is decided by #call, so
+      # that the source is enumerated once either way.)
       def self.for(name, args, block)
         return nil unless METHODS.key?(name) && block && args.size.between?(1, 2)
 
         source, options = args
         options ||= {}
-        return nil unless (workers = workers_for(source, options))
-
-        items = source.to_a
-        new(name, items, options, [workers, items.size].min) if items.size >= MIN_ITEMS_PER_WORKER * workers
+        workers = workers_for(source, options)
+        new(name, source.to_a, options, workers) if workers
       end
 
       # How many processes the gem would fork for +source+ and +options+;
@@ -78,15 +78,22 @@ module Numo
         @name = name
         @items = items
         @options = options
-        @workers = workers
+        @workers = [workers, items.size].min
         @with_index = name == :map_with_index || options[:with_index] ? true : false
       end
 
+      # Whether #call runs the items in batches: there are enough of them.
+      def batched?
+        @items.size >= MIN_ITEMS_PER_WORKER * @workers
+      end
+
       # Runs the map with +block+; returns what the gem's method returns.
-      # Yields the items instead (and returns what the block returns) if
-      # the arena cannot share a counter with the workers: the caller then
-      # runs the map item by item.
+      # Yields the items instead (and returns what the block returns) when
+      # they are too few, or the arena cannot share a counter with the
+      # workers: the caller then runs the map item by item.
       def call(block)
+        return yield(@items) unless batched?
+
         arena = Numo::Shared::Arena.new
         return METHODS.fetch(@name).call(run(arena, block)) if arena.claims?
 
