@@ -79,9 +79,14 @@ RSpec.describe Numo::Parallel::BatchedMap do
     expect(arena.claims?).to be(true)
     expect(in_child { arena.claim_item(5) }).to eq(0) # a forked worker shares the counter
     expect([arena.claim_item(5), arena.claim_item(5)]).to eq([1, 2])
-    in_child { arena.stop_claims }
+    expect(arena.claims_stopped).to be_nil
+    in_child { arena.stop_claims(false) }
     expect([arena.claim_item(5), in_child { arena.claim_item(5) }]).to eq([nil, nil])
     expect(arena.items_claimed).to eq(3)
+    expect(arena.claims_stopped).to eq(:raised)
+    arena.stop_claims(true)
+    arena.stop_claims(false) # a Break is remembered over a later exception
+    expect(arena.claims_stopped).to eq(:broke)
   ensure
     arena&.close
   end
@@ -131,13 +136,42 @@ RSpec.describe Numo::Parallel::BatchedMap do
     expect(residue).to eq(before)
   end
 
-  it "raises Marshal's TypeError for a value it cannot dump, first or last in a round trip" do
+  it "ends the map as the gem does for a value Marshal cannot dump, or with Marshal's error mid-round-trip" do
     before = residue
-    [5, 19].each do |bad|
-      expect { Numo::Parallel.map(0...20, opts) { |i| i == bad ? proc {} : Numo::DFloat.new(9).fill(i) } }
-        .to raise_error(TypeError, /no _dump_data is defined for class Proc/)
-    end
+    slow_proc = ->(i) { i == 3 ? sleep(0.002) && proc {} : i } # a slow item ends its round trip
+    expect { Numo::Parallel.map(0...40, in_processes: 1, &slow_proc) }.to raise_error(Parallel::DeadWorker)
+    expect { Parallel.map(0...40, in_processes: 1, &slow_proc) }.to raise_error(Parallel::DeadWorker)
+    quick_proc = ->(i) { i == 3 ? proc {} : Numo::DFloat.new(9).fill(i) } # quick items after it share its trip
+    expect { Numo::Parallel.map(0...40, in_processes: 1, &quick_proc) }
+      .to raise_error(TypeError, /no _dump_data is defined for class Proc/)
     expect(residue).to eq(before)
+  end
+
+  it "returns a Parallel::Break's empty Array, and raises the gem's error for nil options" do
+    expect(Numo::Parallel.map(0...100, opts) { |i| i == 50 ? raise(Parallel::Break, []) : i }).to eq([])
+    expect(Numo::Parallel.flat_map(0...100, opts) { |i| i == 50 ? raise(Parallel::Kill, []) : [i] }).to eq([])
+    gem_error = begin
+      Parallel.map(0...100, nil) { |i| i }
+    rescue StandardError => e
+      e
+    end
+    expect { Numo::Parallel.map(0...100, nil) { |i| i } }
+      .to raise_error(gem_error.class, /\A#{Regexp.escape(gem_error.message.lines.first.chomp)}/)
+  end
+
+  it "finishes when an item forks a child that exits (the child does not stop the claims)" do
+    out = run_ruby_within(60, <<~RUBY)
+      require "numo/parallel"
+      values = Numo::Parallel.map(0...40, in_processes: 2) do |i|
+        if i == 5 && (pid = fork).nil?
+          exit(0)
+        end
+        Process.wait(pid) if pid
+        i * 2
+      end
+      p values == (0...40).map { |i| i * 2 }
+    RUBY
+    expect(out).to eq("true\n")
   end
 
   it "leaves nothing behind once a batched map's results are collected" do

@@ -201,10 +201,26 @@ impl Arena {
         self.shared.region.as_ref().map_or(0, Region::claimed)
     }
 
-    /// `arena.stop_claims`: no item is given out from now on.
-    pub fn stop_claims(&self) {
+    /// `arena.stop_claims(by_break)`: no item is given out from now on,
+    /// because an item raised (a Parallel::Break when `by_break`).
+    pub fn stop_claims(&self, by_break: bool) {
         if let Some(region) = self.shared.region.as_ref() {
-            region.stop_claims();
+            region.stop_claims(by_break);
+        }
+    }
+
+    /// `arena.claims_stopped`: nil while items are given out, else
+    /// `:raised`, or `:broke` once an item raised a Parallel::Break.
+    pub fn claims_stopped(&self) -> Option<magnus::Symbol> {
+        match self
+            .shared
+            .region
+            .as_ref()
+            .map_or(0, Region::claims_stopped)
+        {
+            0 => None,
+            1 => Some(magnus::Symbol::new("raised")),
+            _ => Some(magnus::Symbol::new("broke")),
         }
     }
 }

@@ -73,7 +73,8 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     arena.define_method("claims?", method!(Arena::has_claims, 0))?;
     arena.define_method("claim_item", method!(Arena::claim_item, 1))?;
     arena.define_method("items_claimed", method!(Arena::items_claimed, 0))?;
-    arena.define_method("stop_claims", method!(Arena::stop_claims, 0))?;
+    arena.define_method("stop_claims", method!(Arena::stop_claims, 1))?;
+    arena.define_method("claims_stopped", method!(Arena::claims_stopped, 0))?;
 
     // Every shared array is extended with it (see shared_array::install).
     let reinit = shared.define_module("Reinitialization")?;

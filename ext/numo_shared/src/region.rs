@@ -21,8 +21,8 @@ const SIZES: [usize; 5] = [256 << 20, 64 << 20, 16 << 20, 4 << 20, 1 << 20];
 const DATA_START: u64 = 4096;
 
 /// The counters of a batched map (see `claim`), each on a cache line of its
-/// own in the first page: the next item to claim, and whether claiming
-/// stopped.
+/// own in the first page: the next item to claim, and why claiming stopped
+/// (0: it did not, 1: an item raised, 2: an item raised Parallel::Break).
 const CLAIMED_AT: usize = 64;
 const STOPPED_AT: usize = 128;
 
@@ -100,9 +100,16 @@ impl Region {
         self.counter(CLAIMED_AT).load(Ordering::SeqCst)
     }
 
-    /// No more items are given out (an item raised).
-    pub fn stop_claims(&self) {
-        self.counter(STOPPED_AT).store(1, Ordering::SeqCst);
+    /// No more items are given out: an item raised (`by_break`: a
+    /// Parallel::Break, which is remembered over any other reason).
+    pub fn stop_claims(&self, by_break: bool) {
+        let reason = if by_break { 2 } else { 1 };
+        self.counter(STOPPED_AT).fetch_max(reason, Ordering::SeqCst);
+    }
+
+    /// Why claiming stopped: 0 (it did not), 1 or 2 (see `stop_claims`).
+    pub fn claims_stopped(&self) -> u64 {
+        self.counter(STOPPED_AT).load(Ordering::SeqCst)
     }
 
     /// Takes `len` bytes from this process's chunk (taking a new chunk when

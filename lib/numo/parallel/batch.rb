@@ -3,21 +3,25 @@
 module Numo
   module Parallel
     # What one round trip of a BatchedMap sends back: the indices of the
-    # items it ran and their values. A worker marshals each value as soon as
-    # its item has ended, before anything else runs: when the gem would
-    # marshal it (a buffer a worker reuses from item to item comes back with
-    # each item's values). The parent loads them as it loads the batch, in
-    # the gem's own thread for that worker.
+    # items it ran and their values. A worker marshals each value when its
+    # item has ended, before the next item runs (#seal); the last one the
+    # gem marshals as it sends the batch, as it would marshal the value of a
+    # round trip of one item. Either way a value is marshaled when the gem
+    # would marshal it (a buffer a worker reuses from item to item comes
+    # back with each item's values). The parent loads the values as it
+    # loads the batch, in the gem's own thread for that worker.
     # @api private
     class Batch
-      attr_reader :indices, :values
+      attr_reader :indices, :values, :pid
 
       def initialize
         @indices = []
         @values = []
+        @sealed = 0
+        @pid = Process.pid
       end
 
-      # Adds the value of item +index+, to be marshaled by #seal.
+      # Adds the value of item +index+.
       def add(index, value)
         @values << value
         @indices << index
@@ -28,7 +32,7 @@ module Numo
       # Marshal.dump of an item's value exports them, and no other array
       # (the block's own Marshal.dump in a later item writes Numo's data).
       def seal(arena)
-        return if @values.size == @sealed.to_i
+        return if @values.size == @sealed
 
         begin
           arena.expect_exports(@values.last)
@@ -39,13 +43,20 @@ module Numo
         @sealed = @values.size
       end
 
+      # Readies the last value for the gem's Marshal.dump of the batch: its
+      # arrays are the ones to export.
+      def close(arena)
+        arena.expect_exports(@values.last) unless @values.size == @sealed
+      end
+
       def marshal_dump
-        [@indices, @values]
+        [@indices, @values[0...@sealed], @values[@sealed..]]
       end
 
       def marshal_load(data)
-        @indices, dumps = data
-        @values = dumps.map { |dump| Marshal.load(dump) } # rubocop:disable Security/MarshalLoad -- our workers' values, as the gem loads them
+        @indices, dumps, last = data
+        @values = dumps.map { |dump| Marshal.load(dump) } + last # rubocop:disable Security/MarshalLoad -- our workers' values, as the gem loads them
+        @sealed = @values.size
       end
     end
   end

@@ -50,8 +50,7 @@ module Numo
       def self.for(name, args, block)
         return nil unless METHODS.key?(name) && block && args.size.between?(1, 2)
 
-        source, options = args
-        options ||= {}
+        source, options = args.size == 1 ? [args.first, {}] : args
         workers = workers_for(source, options)
         new(name, source.to_a, options, workers) if workers
       end
@@ -112,7 +111,7 @@ module Numo
           arena.enter_worker
           batch = Batch.new
           fill(batch, arena, run)
-          run.call(nil, batch) # marshals the last value
+          batch.close(arena)
           batch
         end
       end
@@ -136,34 +135,32 @@ module Numo
         [(@items.size - arena.items_claimed) / (2 * @workers), 1].max
       end
 
-      # Runs item +index+ into +batch+, first marshaling the value before it
-      # (with +index+ nil, only that); an item that raises (or breaks, or
-      # exits), or a value Marshal cannot dump, stops the other workers'
-      # claims.
+      # Runs item +index+ into +batch+, first marshaling the value before it.
+      # An item that raises (or breaks, or exits), or a value Marshal cannot
+      # dump, stops the other workers' claims; not in a process an item
+      # forked, which leaves the rest to the worker.
       def item_runner(arena, block)
         items = @items
         with_index = @with_index
         lambda do |index, batch|
           batch.seal(arena)
-          next unless index
-
           value = with_index ? block.call(items[index], index) : block.call(items[index])
           batch.add(index, value)
-        rescue Exception # rubocop:disable Lint/RescueException -- any end of an item stops the others
-          arena.stop_claims
+        rescue Exception => e # rubocop:disable Lint/RescueException -- any end of an item stops the others
+          arena.stop_claims(e.is_a?(::Parallel::Break)) if Process.pid == batch.pid
           raise
         end
       end
 
-      # Every item's value, in order; or what the gem returned instead (a
-      # Parallel::Break's value), as it is. The gem's source gives a job
-      # while items are left to claim.
+      # Every item's value, in order; or, after a Parallel::Break, what the
+      # gem returned (its value), as it is. The gem's source gives a job
+      # while items are left to claim and no item raised.
       def run(arena, block)
         count = @items.size
-        jobs = -> { arena.items_claimed >= count ? ::Parallel::Stop : nil }
+        jobs = -> { arena.items_claimed >= count || arena.claims_stopped ? ::Parallel::Stop : nil }
         returned = ::Parallel.map(jobs, @options.merge(in_processes: @workers).except(:with_index),
                                   &round_trip(arena, block))
-        return returned unless returned.is_a?(Array) && returned.all?(Batch)
+        return returned if arena.claims_stopped == :broke
 
         in_item_order(returned)
       end
@@ -171,7 +168,7 @@ module Numo
       def in_item_order(batches)
         results = Array.new(@items.size)
         loaded = 0
-        batches.each do |batch|
+        Array(batches).grep(Batch).each do |batch|
           batch.indices.zip(batch.values) { |index, value| results[index] = value }
           loaded += batch.indices.size
         end
