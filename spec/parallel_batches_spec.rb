@@ -188,6 +188,7 @@ RSpec.describe Numo::Parallel::BatchedMap do
     end
     expect(described_class.for(:map, [0...7, opts], proc {})).not_to be_batched
     expect(described_class.for(:map, [0...8, opts], proc {})).to be_batched
+    expect(described_class.for(:map, [[], opts], proc {})).not_to be_batched
     expect(described_class.for(:each, [0...100, opts], proc {})).to be_nil
     expect(described_class.for(:map, [-> { Parallel::Stop }, opts], proc {})).to be_nil
     expect(described_class.for(:map, [0...100, opts.merge(in_processes: 0)], proc {})).to be_nil

@@ -83,7 +83,7 @@ module Numo
 
       # Whether #call runs the items in batches: there are enough of them.
       def batched?
-        @items.size >= MIN_ITEMS_PER_WORKER * @workers
+        @workers.positive? && @items.size >= MIN_ITEMS_PER_WORKER * @workers
       end
 
       # Runs the map with +block+; returns what the gem's method returns.
