@@ -31,12 +31,18 @@ module Numo
       # Marshal data. Its arrays are exported through +arena+ as the gem's
       # Marshal.dump of an item's value exports them, and no other array
       # (the block's own Marshal.dump in a later item writes Numo's data).
+      # A value Marshal cannot dump ends this worker as it ends the gem's:
+      # the error is printed and the process exits (Parallel::DeadWorker in
+      # the parent).
       def seal(arena)
         return if @values.size == @sealed
 
         begin
           arena.expect_exports(@values.last)
           @values[-1] = Marshal.dump(@values.last)
+        rescue StandardError => e
+          warn e.full_message
+          exit 1
         ensure
           arena.expect_exports(nil)
         end
