@@ -75,8 +75,9 @@ RSpec.describe "Checking numo-narray's struct layout at load" do
       end
     RUBY
     expect(status.exitstatus).to eq(3), output
-    expect(output).to eq("numo-shared needs numo-narray (0.9.2.x) or numo-narray-alt (0.12.x, the one Rumale 2.x " \
-                         "uses), and neither is installed: add one of them to your Gemfile (or gem install it)")
+    expect(output).to eq("numo-shared needs numo-narray (0.9.x) or numo-narray-alt (0.9.3 to 0.12.x, the one " \
+                         "Rumale 2.x uses), and neither is installed: add one of them to your Gemfile " \
+                         "(or gem install it)")
   end
 
   describe "the struct probe" do

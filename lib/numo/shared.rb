@@ -6,8 +6,8 @@ rescue LoadError => e
   raise unless e.path == "numo/narray"
 
   # The gemspec names neither Numo gem (see numo-shared.gemspec): say which.
-  raise LoadError, "numo-shared needs numo-narray (0.9.2.x) or numo-narray-alt (0.12.x, the one Rumale 2.x uses), " \
-                   "and neither is installed: add one of them to your Gemfile (or gem install it)"
+  raise LoadError, "numo-shared needs numo-narray (0.9.x) or numo-narray-alt (0.9.3 to 0.12.x, the one Rumale 2.x " \
+                   "uses), and neither is installed: add one of them to your Gemfile (or gem install it)"
 end
 require_relative "shared/version"
 require_relative "numo_shared"
