@@ -206,6 +206,16 @@ RSpec.describe Numo::Parallel do
       expect(in_worker_dump.bytesize).to be > 200_000
       expect(Marshal.load(in_worker_dump)).to eq(Numo::Int32.new(50_000).seq) # rubocop:disable Security/MarshalLoad
     end
+
+    it "writes the full data for an at_exit hook's Marshal.dump of an array a result held twice" do
+      dumped = Numo::Int64.new_shared(1)
+      described_class.map([0], in_processes: 1) do
+        twice = Numo::Int32.new(50_000).seq
+        at_exit { dumped[0] = Marshal.dump(twice).bytesize }
+        [twice, twice] # Marshal writes the second as a link to the first
+      end
+      expect(dumped[0]).to be > 200_000
+    end
   end
 
   describe "methods and options, compared with the parallel gem" do

@@ -122,7 +122,13 @@ fn find_narrays(root: VALUE) -> Vec<VALUE> {
                 continue;
             }
             match rb_sys::RB_BUILTIN_TYPE(value) {
-                ruby_value_type::RUBY_T_DATA if shared_array::is_narray(value) => found.push(value),
+                // Once each: Marshal writes an array met again as a link, so
+                // a second entry would stay expected after the dump.
+                ruby_value_type::RUBY_T_DATA
+                    if shared_array::is_narray(value) && seen.insert(value) =>
+                {
+                    found.push(value)
+                }
                 ruby_value_type::RUBY_T_ARRAY if seen.insert(value) => {
                     let len = rb_sys::RARRAY_LEN(value);
                     stack.extend((0..len).map(|i| rb_sys::rb_ary_entry(value, i)));
