@@ -165,8 +165,16 @@ RSpec.describe "Numo::Parallel memory" do
         stats[i, true] = Numo::Shared::Native.pool_stats.first(2) if i.positive?
         Numo::DFloat.new(400, 400).seq(i) # 1.28 MB, made in the pool, garbage once stored
       end
-      # Before row i is made: one block made for row 0, then each row reuses it.
-      expect(stats[1..7, true].to_a).to eq((0...7).map { |i| [1, i] })
+      made = stats[1..7, 0].to_a
+      reused = stats[1..7, 1].to_a
+      # Before row i is made, rows 0...i each took a block from the pool: a
+      # new one for row 0, then the block of a row already stored.
+      expect(made.zip(reused).map(&:sum)).to eq((1..7).to_a)
+      # At most one block more: Ruby scans the machine stack conservatively,
+      # and a stale slot can keep a stored row alive past the next collection
+      # (about one map in a few hundred here); the rows after it reuse the two.
+      expect(made.max).to be <= 2
+      expect(reused.last).to be >= 5
       expect((0...8).map { |i| out[i, true, true] == Numo::DFloat.new(400, 400).seq(i) }).to all(be(true))
     end
 
