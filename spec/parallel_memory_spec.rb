@@ -159,11 +159,22 @@ RSpec.describe "Numo::Parallel memory" do
       expect(out).to eq("[40, true, true]\n")
     end
 
-    it "gives each stored row of stack back to the pool for the next row (1 MiB rows and up)" do
+    it "gives each stored row of stack back to the pool at once: the next row takes its block" do
+      stats = Numo::Int64.new_shared(8, 2)
+      out = Numo::Parallel.stack(0...8, type: Numo::DFloat, shape: [100, 100], in_processes: 1) do |i|
+        stats[i, true] = Numo::Shared::Native.pool_stats.first(2) if i.positive?
+        Numo::DFloat.new(100, 100).seq(i) # 80 KB, made in the pool, moved off its block once stored
+      end
+      # Before row i is made: one block made for row 0, then each row reuses it.
+      expect(stats[1..7, true].to_a).to eq((0...7).map { |i| [1, i] })
+      expect((0...8).map { |i| out[i, true, true] == Numo::DFloat.new(100, 100).seq(i) }).to all(be(true))
+    end
+
+    it "collects before the next row when a row it cannot move still owns a block (1 MiB rows and up)" do
       stats = Numo::Int64.new_shared(8, 2)
       out = Numo::Parallel.stack(0...8, type: Numo::DFloat, shape: [400, 400], in_processes: 1) do |i|
         stats[i, true] = Numo::Shared::Native.pool_stats.first(2) if i.positive?
-        Numo::DFloat.new(400, 400).seq(i) # 1.28 MB, made in the pool, garbage once stored
+        Numo::Int64.new(400, 400).seq(i) # 1.28 MB, another class: Numo casts it into the row
       end
       made = stats[1..7, 0].to_a
       reused = stats[1..7, 1].to_a
@@ -176,6 +187,45 @@ RSpec.describe "Numo::Parallel memory" do
       expect(made.max).to be <= 2
       expect(reused.last).to be >= 5
       expect((0...8).map { |i| out[i, true, true] == Numo::DFloat.new(400, 400).seq(i) }).to all(be(true))
+    end
+
+    it "keeps the values of a row moved off its block, and keeps its later writes out of the stored row" do
+      seen = Numo::DFloat.new_shared(4, 2)
+      out = Numo::Parallel.stack(0...4, type: Numo::DFloat, shape: [100, 100], in_processes: 1) do |i|
+        rows = (WORKER_CACHE[:rows] ||= [])
+        rows.each { |r| r.inplace + 1000 } # writes to rows stored (and moved) before
+        GC.compact if i == 2
+        seen[i, true] = [rows.sum { |r| r[0, 0] }, rows.sum { |r| r[99, 99] }]
+        rows << Numo::DFloat.new(100, 100).seq(i)
+        rows.last
+      end
+      # Before item i records them, row k < i (first element k, last 9999 + k)
+      # had 1000 added by each of the items k + 1 to i.
+      expected = (0...4).map { |i| [(0...i).sum { |k| k + (1000 * (i - k)) }, (0...i).sum { |k| 9999 + k + (1000 * (i - k)) }] }
+      expect(seen.to_a).to eq(expected.map { |pair| pair.map(&:to_f) })
+      expect((0...4).map { |i| out[i, true, true] == Numo::DFloat.new(100, 100).seq(i) }).to all(be(true))
+    end
+
+    it "stores each row of a buffer the block reuses and returns every time" do
+      out = Numo::Parallel.stack(0...6, type: Numo::Int32, shape: [300, 100], in_processes: 2) do |i|
+        buffer = (WORKER_CACHE[:buffer] ||= Numo::Int32.new(300, 100))
+        buffer.seq(i)
+      end
+      expect((0...6).map { |i| out[i, true, true] == Numo::Int32.new(300, 100).seq(i) }).to all(be(true))
+    end
+
+    it "bounds the mappings of moved rows: a collection at least every 1024 of them" do
+      most = Numo::Int64.new_shared(1)
+      GC.disable
+      out = Numo::Parallel.stack(0...3000, type: Numo::UInt8, shape: [65_536], in_processes: 1) do |i|
+        most[0] = [most[0], File.read("/proc/self/maps").scan("/memfd:numo-shared ").size].max if (i % 100).zero?
+        GC.disable # Ruby's own collections would hide a missing one
+        Numo::UInt8.new(65_536).fill(i % 256)
+      end
+      expect(most[0]).to be_between(500, 1100)
+      expect((0...3000).step(499).map { |i| out[i, 0] }).to eq((0...3000).step(499).map { |i| i % 256 })
+    ensure
+      GC.enable
     end
 
     it "leaves the rows a stack block keeps (a cache) to the block: their blocks are never reused" do

@@ -493,5 +493,21 @@ RSpec.describe Numo::Parallel do
       a = described_class.stack(0...3, type: Numo::SFloat, shape: [2], in_threads: 2) { |i| [i, -i] }
       expect(a.to_a).to eq([[0, 0], [1, -1], [2, -2]])
     end
+
+    it "closes the file it keeps open while rows are stored, when it returns and when an item raises" do
+      before = residue
+      a = described_class.stack(0...4, type: Numo::DFloat, shape: [100, 100], in_processes: 2) { |i| Numo::DFloat.new(100, 100).fill(i) }
+      expect(fd_count).to eq(before[:fds])
+      expect(a[true, 0, 0].to_a).to eq([0.0, 1.0, 2.0, 3.0])
+      a = nil # rubocop:disable Lint/UselessAssignment
+      expect do
+        described_class.stack(0...4, type: Numo::DFloat, shape: [100, 100], in_processes: 2) do |i|
+          raise ArgumentError, "item #{i}" if i == 2
+
+          Numo::DFloat.new(100, 100).fill(i)
+        end
+      end.to raise_error(ArgumentError, "item 2")
+      expect(settled_residue(before)).to eq(before)
+    end
   end
 end

@@ -17,6 +17,7 @@ mod ruby_alloc;
 mod segment;
 mod shape;
 mod shared_array;
+mod stack_rows;
 mod view;
 mod worker;
 
@@ -62,6 +63,16 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("load_handle", function!(arena::load_handle, 2))?;
     native.define_module_function("load_numo_data", function!(shared_array::load_numo_data, 2))?;
     native.define_module_function("pool_stats", function!(pool::stats, 0))?;
+    // Numo::Parallel.stack: its target, and a worker's store of a row.
+    native.define_module_function(
+        "create_stack_target",
+        function!(stack_rows::create_target, 2),
+    )?;
+    native.define_module_function(
+        "release_stack_target",
+        function!(stack_rows::release_target, 1),
+    )?;
+    native.define_module_function("store_stack_row", function!(stack_rows::store_row, 4))?;
 
     let arena = shared.define_class("Arena", ruby.class_object())?;
     arena.define_singleton_method("new", function!(Arena::new, 0))?;

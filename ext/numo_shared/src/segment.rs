@@ -142,12 +142,19 @@ impl Segment {
     /// under strict overcommit (`vm.overcommit_memory = 2`), where a page
     /// that cannot be charged would be SIGBUS, every page is reserved now.
     pub fn anonymous(len: usize) -> Result<Segment> {
+        Self::anonymous_keeping_file(len).map(|(segment, _)| segment)
+    }
+
+    /// `anonymous`, with the memfd's descriptor, which mapping does not need
+    /// (see `stack_rows`, which maps it again).
+    pub fn anonymous_keeping_file(len: usize) -> Result<(Segment, OwnedFd)> {
         memfd::check_available(len, "shared memory (memfd)")?;
         let fd = memfd::create(c"numo-shared", len, "shared memory (memfd)")?;
         if memfd::strict_overcommit() {
             allocate_range(&fd, 0, len as u64, len, "memfd")?;
         }
-        Self::map_fd(&fd, 0, len, "shared memory (memfd)", Access::Shared)
+        let segment = Self::map_fd(&fd, 0, len, "shared memory (memfd)", Access::Shared)?;
+        Ok((segment, fd))
     }
 
     /// Maps `len` (> 0) bytes of `fd` from `offset` (page-aligned).
@@ -359,6 +366,12 @@ impl Segment {
     /// True for a mapping of a worker's pool that has not been handed over.
     pub fn is_pooled(&self) -> bool {
         self.lease.is_some()
+    }
+
+    /// True for a block of this process's own pool (not one a process
+    /// forked from a worker inherited).
+    pub fn is_pooled_here(&self) -> bool {
+        self.lease.as_ref().is_some_and(Lease::is_mine)
     }
 
     pub fn access(&self) -> Access {

@@ -1050,6 +1050,71 @@ pub fn location(obj: Value) -> Option<Location> {
     })
 }
 
+/// Where the data of an array of ours (not a view) lies in its segment.
+pub struct Extent {
+    pub data: *mut u8,
+    /// Bytes of the segment from `data` to its end.
+    pub room: usize,
+    /// Bytes of the segment before `data`.
+    pub before: usize,
+    pub serial: u64,
+    /// Whether the segment is a block of this process's own pool.
+    pub pooled_here: bool,
+    /// Our type of the object: one per Numo class (`shared_type_for`).
+    pub type_id: usize,
+}
+
+/// `obj`'s extent, when `obj` is itself a shared array with memory.
+pub fn extent(obj: Value) -> Option<Extent> {
+    let (raw, array) = segment_behind(obj)?;
+    if raw != obj.as_raw() || array.freed {
+        return None;
+    }
+    let data = array.data.ptr;
+    let segment = array.segment.as_mut()?;
+    let start = segment.as_mut_ptr() as usize;
+    let before = (data as usize).checked_sub(start)?;
+    Some(Extent {
+        data,
+        room: segment.len().checked_sub(before)?,
+        before,
+        serial: segment.serial(),
+        pooled_here: segment.is_pooled_here(),
+        // SAFETY: raw is a live typed-data object of ours.
+        type_id: unsafe { numo::data_type_of(raw) } as usize,
+    })
+}
+
+/// Points `obj`, itself a shared array with memory, at `segment`'s data
+/// `delta` bytes in, which must hold the same bytes its data holds now, and
+/// drops its old segment (a pool block goes back to the pool). False, and
+/// `segment` dropped, for any other object.
+pub fn repoint(obj: Value, mut segment: Segment, delta: usize) -> bool {
+    let Some((raw, array)) = segment_behind(obj) else {
+        return false;
+    };
+    if raw != obj.as_raw() || array.freed || array.segment.is_none() {
+        return false;
+    }
+    // SAFETY: `delta` lies inside the new mapping (the caller's check).
+    let data = unsafe { segment.as_mut_ptr().add(delta) };
+    let change = segment.len() as isize;
+    let old = array.segment.replace(segment);
+    let change = change - old.as_ref().map_or(0, |s| s.len() as isize);
+    array.data.ptr = data;
+    // SAFETY: Numo's retired struct of this array lives as long as it does;
+    // the adjustment keeps the memory reported as the new segment's length
+    // (as `install` reported the old one's, and `free_shared` subtracts).
+    unsafe {
+        if !array.retired.is_null() {
+            (*array.retired).ptr = data;
+        }
+        rb_sys::rb_gc_adjust_memory_usage(change as _);
+    }
+    drop(old);
+    true
+}
+
 /// The data of `obj` when it is a Numo data array (not a view) of a class
 /// with whole-byte elements, whose memory is allocated: every byte of it.
 pub fn data_bytes_of<'a>(obj: Value) -> Option<&'a [u8]> {
