@@ -201,7 +201,9 @@ RSpec.describe "Numo::Parallel memory" do
       end
       # Before item i records them, row k < i (first element k, last 9999 + k)
       # had 1000 added by each of the items k + 1 to i.
-      expected = (0...4).map { |i| [(0...i).sum { |k| k + (1000 * (i - k)) }, (0...i).sum { |k| 9999 + k + (1000 * (i - k)) }] }
+      expected = (0...4).map do |i|
+        [(0...i).sum { |k| k + (1000 * (i - k)) }, (0...i).sum { |k| 9999 + k + (1000 * (i - k)) }]
+      end
       expect(seen.to_a).to eq(expected.map { |pair| pair.map(&:to_f) })
       expect((0...4).map { |i| out[i, true, true] == Numo::DFloat.new(100, 100).seq(i) }).to all(be(true))
     end

@@ -496,7 +496,9 @@ RSpec.describe Numo::Parallel do
 
     it "closes the file it keeps open while rows are stored, when it returns and when an item raises" do
       before = residue
-      a = described_class.stack(0...4, type: Numo::DFloat, shape: [100, 100], in_processes: 2) { |i| Numo::DFloat.new(100, 100).fill(i) }
+      a = described_class.stack(0...4, type: Numo::DFloat, shape: [100, 100], in_processes: 2) do |i|
+        Numo::DFloat.new(100, 100).fill(i)
+      end
       expect(fd_count).to eq(before[:fds])
       expect(a[true, 0, 0].to_a).to eq([0.0, 1.0, 2.0, 3.0])
       a = nil # rubocop:disable Lint/UselessAssignment

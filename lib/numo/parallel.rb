@@ -4,6 +4,7 @@ require "parallel"
 require "stringio"
 require_relative "shared"
 require_relative "parallel/batched_map"
+require_relative "parallel/stack"
 
 module Numo
   # A drop-in for the parallel gem (same methods, arguments, options and
@@ -28,18 +29,6 @@ module Numo
     # Methods whose block values the gem does not send back (unless a
     # +finish+ hook needs them).
     WITHOUT_RESULTS = %i[each each_with_index any? all?].freeze
-
-    # Rows of +stack+ this large or larger are collected before the next
-    # item (see stack_block): a minor collection costs about what fresh
-    # pages for 1 MiB cost on the project's machine.
-    RECYCLE_ROWS_FROM = 1 << 20
-    private_constant :RECYCLE_ROWS_FROM
-
-    # A worker of +stack+ collects garbage at least once per this many rows
-    # moved onto private copies (see stack_block): each such row is a mapping
-    # until it is collected, and a process may have only about 65,000.
-    MOVED_ROWS_PER_COLLECTION = 1024
-    private_constant :MOVED_ROWS_PER_COLLECTION
 
     class << self
       # @!method map(source, options = {}, &block)
@@ -143,16 +132,8 @@ module Numo
       def stack(source, type:, shape:, **options, &block)
         raise ArgumentError, "stack needs a block" unless block
 
-        check_stack_type(type)
-
-        items = source.respond_to?(:to_ary) ? source.to_ary : source.to_a
-        out = Numo::Shared::Native.create_stack_target(type, [items.size, *shape])
-        begin
-          ::Parallel.each_with_index(items, options, &stack_block(out, block, type, Array(shape), Process.pid))
-        ensure
-          Numo::Shared::Native.release_stack_target(out)
-        end
-        out
+        stack = Stack.new(type, shape, block)
+        stack.run(source.respond_to?(:to_ary) ? source.to_ary : source.to_a, options)
       end
 
       private
@@ -213,73 +194,6 @@ module Numo
           arena.expect_exports(result) if returns
           result
         end
-      end
-
-      # The block each worker of +stack+ runs: computes the row (in pooled
-      # memory) and stores it into row +index+ of +out+, whose pages it maps
-      # all at once first. A row the block made in the pool, of +out+'s
-      # class, is copied and then moved onto a private copy of the stored row
-      # (Native.store_stack_row), which gives its block back to the pool for
-      # the next row at once. Any other row is stored by Numo (casting it);
-      # if it still owns a pool block of RECYCLE_ROWS_FROM bytes or more,
-      # the next item starts with a minor collection, which puts the block
-      # back in the pool unless the block kept the row. Left to Ruby's own
-      # pace, every 16 to 32 MiB of such memory, most rows of a map would take
-      # fresh pages instead, which cost more than the collection. A moved
-      # row is a mapping until it is collected: MOVED_ROWS_PER_COLLECTION.
-      def stack_block(out, block, type, row_shape, parent_pid)
-        row_bytes = out.byte_size / [out.shape.first, 1].max
-        all = Array.new(row_shape.size, true)
-        pooled = moved = 0
-        collections = GC.count
-        lambda do |item, index|
-          Numo::Shared::Native.activate_pool(parent_pid)
-          moved = 0 if GC.count != collections
-          if pooled >= RECYCLE_ROWS_FROM || moved >= MOVED_ROWS_PER_COLLECTION
-            GC.start(full_mark: false, immediate_sweep: true)
-            moved = 0
-          end
-          pooled, was_moved = store_row(out, index * row_bytes, row_bytes, [index, *all],
-                                        stack_row(block.call(item), type, row_shape, item, index))
-          moved += 1 if was_moved
-          collections = GC.count
-          nil
-        end
-      end
-
-      # Stores +row+ at +index+ of +out+ (+offset+ bytes in, +bytes+ long,
-      # its pages mapped at once first). Returns the bytes of the pool block
-      # +row+ itself still owns (0 when none), and whether +row+ was moved
-      # off its block.
-      def store_row(out, offset, bytes, index, row)
-        owned = Numo::Shared::Native.pooled_bytes(row)
-        unless Numo::Shared::Native.store_stack_row(out, offset, bytes, row)
-          Numo::Shared::Native.populate(out, offset, bytes)
-          out[*index] = row
-        end
-        left = Numo::Shared::Native.pooled_bytes(row)
-        [left, owned.positive? && left.zero?]
-      end
-
-      def check_stack_type(type)
-        return if type.is_a?(Class) && type < Numo::NArray
-
-        raise TypeError, "type: must be a numeric Numo class such as Numo::DFloat, got #{type.inspect}"
-      end
-
-      def stack_row(value, type, shape, item, index)
-        row = value.is_a?(Numo::NArray) ? value : cast_row(value, type, item, index)
-        return row if row.shape == shape || (shape.empty? && row.size == 1)
-
-        raise ArgumentError,
-              "item #{index} (#{item.inspect}) gave shape #{row.shape.inspect}, expected #{shape.inspect}"
-      end
-
-      # +value+ as a +type+ array; Numo's cast error names the item.
-      def cast_row(value, type, item, index)
-        type.cast(value)
-      rescue Numo::NArray::CastError, TypeError => e
-        raise e.class, "item #{index} (#{item.inspect}) gave a #{value.class}, which #{type} cannot cast: #{e.message}"
       end
     end
 
