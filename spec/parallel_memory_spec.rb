@@ -181,11 +181,13 @@ RSpec.describe "Numo::Parallel memory" do
       # Before row i is made, rows 0...i each took a block from the pool: a
       # new one for row 0, then the block of a row already stored.
       expect(made.zip(reused).map(&:sum)).to eq((1..7).to_a)
-      # At most one block more: Ruby scans the machine stack conservatively,
-      # and a stale slot can keep a stored row alive past the next collection
-      # (about one map in a few hundred here); the rows after it reuse the two.
-      expect(made.max).to be <= 2
-      expect(reused.last).to be >= 5
+      # A block or two more at most: Ruby scans the machine stack
+      # conservatively, and a stale slot can keep a stored row alive past the
+      # next collection (one map in a few hundred alone, twice in one map in a
+      # run of the whole suite); later rows reuse those blocks. Without the
+      # collections, row i would have made i blocks.
+      expect(made.max).to be <= 3
+      expect(reused.last).to be >= 4
       expect((0...8).map { |i| out[i, true, true] == Numo::DFloat.new(400, 400).seq(i) }).to all(be(true))
     end
 

@@ -1060,8 +1060,6 @@ pub struct Extent {
     pub serial: u64,
     /// Whether the segment is a block of this process's own pool.
     pub pooled_here: bool,
-    /// Our type of the object: one per Numo class (`shared_type_for`).
-    pub type_id: usize,
 }
 
 /// `obj`'s extent, when `obj` is itself a shared array with memory.
@@ -1080,8 +1078,6 @@ pub fn extent(obj: Value) -> Option<Extent> {
         before,
         serial: segment.serial(),
         pooled_here: segment.is_pooled_here(),
-        // SAFETY: raw is a live typed-data object of ours.
-        type_id: unsafe { numo::data_type_of(raw) } as usize,
     })
 }
 
