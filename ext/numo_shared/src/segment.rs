@@ -368,12 +368,6 @@ impl Segment {
         self.lease.is_some()
     }
 
-    /// True for a block of this process's own pool (not one a process
-    /// forked from a worker inherited).
-    pub fn is_pooled_here(&self) -> bool {
-        self.lease.as_ref().is_some_and(Lease::is_mine)
-    }
-
     pub fn access(&self) -> Access {
         self.access
     }

@@ -1058,8 +1058,6 @@ pub struct Extent {
     /// Bytes of the segment before `data`.
     pub before: usize,
     pub serial: u64,
-    /// Whether the segment is a block of this process's own pool.
-    pub pooled_here: bool,
 }
 
 /// `obj`'s extent, when `obj` is itself a shared array with memory.
@@ -1077,38 +1075,7 @@ pub fn extent(obj: Value) -> Option<Extent> {
         room: segment.len().checked_sub(before)?,
         before,
         serial: segment.serial(),
-        pooled_here: segment.is_pooled_here(),
     })
-}
-
-/// Points `obj`, itself a shared array with memory, at `segment`'s data
-/// `delta` bytes in, which must hold the same bytes its data holds now, and
-/// drops its old segment (a pool block goes back to the pool). False, and
-/// `segment` dropped, for any other object.
-pub fn repoint(obj: Value, mut segment: Segment, delta: usize) -> bool {
-    let Some((raw, array)) = segment_behind(obj) else {
-        return false;
-    };
-    if raw != obj.as_raw() || array.freed || array.segment.is_none() {
-        return false;
-    }
-    // SAFETY: `delta` lies inside the new mapping (the caller's check).
-    let data = unsafe { segment.as_mut_ptr().add(delta) };
-    let change = segment.len() as isize;
-    let old = array.segment.replace(segment);
-    let change = change - old.as_ref().map_or(0, |s| s.len() as isize);
-    array.data.ptr = data;
-    // SAFETY: Numo's retired struct of this array lives as long as it does;
-    // the adjustment keeps the memory reported as the new segment's length
-    // (as `install` reported the old one's, and `free_shared` subtracts).
-    unsafe {
-        if !array.retired.is_null() {
-            (*array.retired).ptr = data;
-        }
-        rb_sys::rb_gc_adjust_memory_usage(change as _);
-    }
-    drop(old);
-    true
 }
 
 /// The data of `obj` when it is a Numo data array (not a view) of a class

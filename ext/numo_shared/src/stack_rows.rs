@@ -1,24 +1,23 @@
 //! The rows of `Numo::Parallel.stack`.
 //!
 //! The target array keeps its memfd's descriptor for the length of the map
-//! (workers inherit it). A worker copies each row its block returns into the
-//! target, then, when the row is a block of its own pool, points the row at
-//! a private copy-on-write mapping of the row just stored, so that the block
-//! goes back to the pool at once, warm, for the next row. Without that, the
-//! block only came back once a garbage collection found the row unreferenced,
-//! which cost a collection per row (its sweep grows with the heap: 5 ms for
-//! 40,000 objects, 19 ms for 340,000, per 8 MB row on the project's machine).
-//! The row keeps its values whether or not the block kept it: a later write
-//! to it stays in the worker (copy-on-write), and the target's row is written
-//! once, before the mapping is made.
+//! (workers inherit it), and a worker writes each row its block returns into
+//! that file (`pwrite`), which faults no page of the worker's mapping: on the
+//! project's machine about 2 ms per 8 MB row, against 12 to 16 ms to populate
+//! the mapping's fresh pages and copy into them. The row itself is left as
+//! it is: its memory goes back to the pool when it is collected. (Pointing
+//! it at a private mapping of the stored row to free its block at once was
+//! tried and dropped: a private page not yet written is the file's page, so
+//! the row changed when the target was written later, and processes forked
+//! during the item still mapped the block.)
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Mutex, MutexGuard};
 
 use magnus::{rb_sys::AsRawValue, RArray, RClass, Ruby, Value};
 
 use crate::error::Result;
-use crate::segment::{self, Access, Segment};
+use crate::segment::{self, Segment};
 use crate::shared_array;
 
 /// The descriptors of targets being filled: (segment serial, memfd).
@@ -58,12 +57,10 @@ pub fn release_target(target: Value) -> bool {
 /// `Numo::Shared::Native.store_stack_row(target, offset, bytes, row)`: when
 /// `row` is a Numo data array (not a view) of the target's class, in the
 /// same byte order, exactly `bytes` long, copies it into the target `offset`
-/// bytes in (written to the target's file when it is open here, else copied
-/// into its mapping) and, when `row` is a block of this process's pool and
-/// the file is open, points `row` at a private mapping of what was just
-/// stored (its block goes back to the pool). Returns whether it stored the
-/// row; false leaves both untouched, for Numo's own store (which casts, and
-/// raises for a freed array).
+/// bytes in: written to the target's file when it is open here, else copied
+/// into its mapping. Returns whether it stored the row; false leaves the
+/// target untouched, for Numo's own store (which casts, and raises for a
+/// freed array).
 pub fn store_row(target: Value, offset: usize, bytes: usize, row: Value) -> bool {
     let Some(to) = shared_array::extent(target) else {
         return false;
@@ -103,6 +100,7 @@ pub fn store_row(target: Value, offset: usize, bytes: usize, row: Value) -> bool
     // mapping's pages and copy into them.
     let written =
         file.is_some_and(|fd| segment::write_all_at(fd, data, (to.before + offset) as u64).is_ok());
+    drop(files);
     if !written {
         let page = segment::page_size();
         let at = to.data as usize + offset;
@@ -118,39 +116,5 @@ pub fn store_row(target: Value, offset: usize, bytes: usize, row: Value) -> bool
             std::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, bytes);
         }
     }
-    let copy = file
-        .filter(|_| from.is_some_and(|f| f.pooled_here))
-        .and_then(|fd| private_copy(fd, to.before + offset, bytes));
-    drop(files);
-    if let Some((copy, delta)) = copy {
-        shared_array::repoint(row, copy, delta);
-    }
     true
-}
-
-/// A private mapping of the `bytes` at `in_file` of the target's file `fd`
-/// (page-aligned, so the bytes start some distance in, returned with it), or
-/// `None` when it cannot be made.
-fn private_copy(fd: &OwnedFd, in_file: usize, bytes: usize) -> Option<(Segment, usize)> {
-    let page = segment::page_size();
-    let start = in_file / page * page;
-    let len = (in_file - start + bytes).div_ceil(page) * page;
-    // SAFETY: a fresh private mapping chosen by the kernel of a file of ours
-    // that is at least `start + len` long, but for part of its last page
-    // (`len` is page-rounded inside the target, which maps it all).
-    let addr = unsafe {
-        segment::mmap_raw(
-            None,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE,
-            fd.as_raw_fd(),
-            start as libc::off_t,
-        )
-    }
-    .ok()?;
-    Some((
-        Segment::adopt_mapping(addr, len, Access::CopyOnWrite),
-        in_file - start,
-    ))
 }

@@ -5,26 +5,20 @@ module Numo
     # What {Numo::Parallel.stack} runs: one shared array, the target, whose
     # row +i+ a worker fills with the block's value for item +i+.
     #
-    # In a worker, a row the block made in its pool, of the target's class,
-    # is copied into the target and then moved onto a private copy-on-write
-    # mapping of the row just stored (Native.store_stack_row), which gives
-    # its block back to the pool at once for the next row: the row keeps its
-    # values, and a later write to it stays in the worker. Any other row is
-    # stored by Numo (casting it); if it still owns a pool block of
-    # RECYCLE_ROWS_FROM bytes or more, the next item starts with a minor
-    # collection, which puts the block back in the pool unless the block
-    # kept the row. (Left to Ruby's own pace, every 16 to 32 MiB of such
+    # A row of the target's class is written into the target's file
+    # (Native.store_stack_row: +pwrite+, which faults no page of the worker's
+    # mapping); any other row is stored by Numo, casting it. A row the block
+    # made in the worker's pool is garbage once stored (unless the block kept
+    # it); if its block is RECYCLE_ROWS_FROM bytes or more, the next item
+    # starts with a minor collection, which puts the block back in the pool
+    # for the next row. (Left to Ruby's own pace, every 16 to 32 MiB of such
     # memory, most rows would take fresh pages instead, which cost more than
-    # the collection.) A moved row is a mapping until it is collected, so a
-    # worker collects at least once per MOVED_ROWS_PER_COLLECTION of them.
+    # the collection.)
     # @!visibility private
     class Stack
       # See the class comment: a minor collection costs about what fresh
       # pages for 1 MiB cost on the project's machine.
       RECYCLE_ROWS_FROM = 1 << 20
-
-      # A process may have only about 65,000 mappings (vm.max_map_count).
-      MOVED_ROWS_PER_COLLECTION = 1024
 
       # @param type [Class] a numeric Numo class
       # @param shape [Array<Integer>] the shape of one row
@@ -71,26 +65,20 @@ module Numo
         end
       end
 
+      # A minor collection when the last row stored still owned a large
+      # block of the pool (see the class comment).
       def collect_if_due
-        @moved = 0 if GC.count != @collections
-        return unless @pooled.to_i >= RECYCLE_ROWS_FROM || @moved.to_i >= MOVED_ROWS_PER_COLLECTION
-
-        GC.start(full_mark: false, immediate_sweep: true)
-        @moved = 0
+        GC.start(full_mark: false, immediate_sweep: true) if @pooled.to_i >= RECYCLE_ROWS_FROM
       end
 
       # Stores +row+ at +index+ of +target+ (+offset+ bytes in, +bytes+
-      # long, its pages mapped at once first), and notes the bytes of the
-      # pool block +row+ itself still owns and whether it was moved off one.
+      # long) and notes the bytes of the pool block +row+ itself owns.
       def store(target, offset, bytes, index, row)
-        owned = Numo::Shared::Native.pooled_bytes(row)
         unless Numo::Shared::Native.store_stack_row(target, offset, bytes, row)
           Numo::Shared::Native.populate(target, offset, bytes)
           target[*index] = row
         end
         @pooled = Numo::Shared::Native.pooled_bytes(row)
-        @moved = @moved.to_i + 1 if owned.positive? && @pooled.zero?
-        @collections = GC.count
       end
 
       def row(value, item, index)
