@@ -30,7 +30,10 @@ RSpec.describe Numo::Parallel::BatchedMap do
   it "sends slow items one per round trip, so that every worker gets some" do
     pids = nil
     trips = round_trips { pids = Numo::Parallel.map(0...8, opts) { sleep(0.02) && Process.pid } }
-    expect(trips).to eq(8)
+    # One round trip per item (batches would make fewer), and at most one
+    # empty one per worker at the end: the gem asks for a job while an item
+    # is left, and the other worker may claim it first (seen once under load).
+    expect(trips).to be_between(8, 10)
     expect(pids.uniq.size).to eq(2)
   end
 
