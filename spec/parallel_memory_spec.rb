@@ -136,6 +136,32 @@ RSpec.describe "Numo::Parallel memory" do
       expect(made + reused).to eq(10)
     end
 
+    it "never reuses a block an array held when the worker forked: a child forked mid-item reads its values" do
+      seen = Numo::DFloat.new_shared(1)
+      Numo::Parallel.map(0...4, in_processes: 1) do |i|
+        temporary = Numo::DFloat.new(400, 400).fill(i + 1) # 1.28 MB from the pool
+        if i.zero?
+          reader, writer = IO.pipe
+          child = fork do
+            writer.close
+            reader.read # until the worker has run the other items
+            seen[0] = temporary.sum
+            exit!(0)
+          end
+          reader.close
+          WORKER_CACHE[:child] = [child, writer]
+        end
+        GC.start # item 0's array is garbage in the worker from item 1 on
+        if i == 3
+          child, writer = WORKER_CACHE.delete(:child)
+          writer.close
+          Process.wait(child)
+        end
+        nil
+      end
+      expect(seen[0]).to eq(160_000.0) # 400 x 400 ones, not a later item's values
+    end
+
     it "never reuses a result's block while the parent holds the result" do
       stats = Numo::Int64.new_shared(4, 2)
       results = Numo::Parallel.map(0...4, in_processes: 1) do |i|

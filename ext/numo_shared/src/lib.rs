@@ -39,6 +39,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
 
     check_numo_layout(numo).map_err(|e| e.into_ruby(ruby))?;
     pid::watch_forks();
+    pool::watch_forks();
 
     let native = shared.define_module("Native")?;
     native.define_module_function("create", function!(shared_array::create, 2))?;

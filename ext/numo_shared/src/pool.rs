@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::memfd;
@@ -32,10 +33,12 @@ pub const MIN_BYTES: usize = 64 * 1024;
 const MAX_FREE_BYTES: usize = 256 << 20;
 
 /// What a pooled `Segment` carries: the block's file (while the pool holds a
-/// descriptor for it) and the process whose pool it belongs to.
+/// descriptor for it), the process whose pool it belongs to, and how many
+/// times that process had forked when an array took the block.
 pub struct Lease {
     fd: Option<OwnedFd>,
     owner: i32,
+    forks: u64,
 }
 
 impl Lease {
@@ -90,6 +93,29 @@ struct Pool {
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+/// How many times this process has forked (counted in the parent by a
+/// `pthread_atfork` handler). A child forked while an array used a block
+/// maps the block too and may still read it through its copy of the array,
+/// so such a block is never reused: it is unmapped when the array is
+/// collected (the child's mapping keeps the pages it reads).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts this process's forks from now on. Called once, at load.
+pub fn watch_forks() {
+    // SAFETY: the handler only adds to an atomic.
+    unsafe {
+        libc::pthread_atfork(None, Some(count_fork), None);
+    }
+}
+
+fn forks() -> u64 {
+    FORKS.load(Ordering::Relaxed)
+}
 
 /// The pool's lock. No Ruby code runs and no `Lease` is dropped while it is
 /// held: a GC (which frees arrays, so hands blocks back) must not find it
@@ -271,7 +297,10 @@ fn take_block(bytes: usize, sendable: bool) -> Option<Segment> {
         }
     };
     match block {
-        Some(block) => Some(Segment::pooled(block.addr, class, block.lease)),
+        Some(mut block) => {
+            block.lease.forks = forks();
+            Some(Segment::pooled(block.addr, class, block.lease))
+        }
         None => make(bytes, class, keep_fd),
     }
 }
@@ -319,17 +348,23 @@ fn make(bytes: usize, class: usize, keep_fd: bool) -> Option<Segment> {
     let lease = Lease {
         fd: keep_fd.then_some(fd),
         owner,
+        forks: forks(),
     };
     Some(Segment::pooled(addr, class, lease))
 }
 
 /// Called when a pooled segment is dropped: keeps the block for reuse, or
-/// unmaps it (another process's block, a full pool, a pool not active here).
+/// unmaps it (another process's block, a full pool, a pool not active here,
+/// or a block that was in use when this process forked: see `FORKS`).
 pub fn give_back(lease: Lease, addr: usize, len: usize) {
     let refused = {
         let mut guard = lock();
         match mine(&mut guard) {
-            Some(pool) if lease.owner == pool.owner && pool.free_bytes + len <= MAX_FREE_BYTES => {
+            Some(pool)
+                if lease.owner == pool.owner
+                    && lease.forks == forks()
+                    && pool.free_bytes + len <= MAX_FREE_BYTES =>
+            {
                 pool.free_bytes += len;
                 pool.free
                     .entry(len)
