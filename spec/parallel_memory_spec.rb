@@ -185,14 +185,22 @@ RSpec.describe "Numo::Parallel memory" do
       expect(out).to eq("[40, true, true]\n")
     end
 
-    # Before row i is made, rows 0...i each took a block from the pool: a new
-    # one for row 0, then the block of a row already stored. A block or two
-    # more at most: Ruby scans the machine stack conservatively, and a stale
-    # slot can keep a stored row alive past the next collection (one map in a
-    # few hundred alone, twice in one map in a run of the whole suite); later
-    # rows reuse those blocks. Without the collections, row i would have made
-    # i blocks.
-    def expect_rows_recycled(stats)
+    # Runs a stack of 8 DFloat[400, 400] rows (1.28 MB) whose block makes
+    # each row in the pool as a +row_class+ array (garbage once stored), and
+    # checks the rows and the pool's counts before each row. Before row i is
+    # made, rows 0...i each took a block from the pool: a new one for row 0,
+    # then the block of a row already stored. A block or two more at most:
+    # Ruby scans the machine stack conservatively, and a stale slot can keep
+    # a stored row alive past the next collection (one map in a few hundred
+    # alone, twice in one map in a run of the whole suite); later rows reuse
+    # those blocks. Without the collections, row i would have made i blocks.
+    def expect_rows_recycled(row_class)
+      stats = Numo::Int64.new_shared(8, 2)
+      out = Numo::Parallel.stack(0...8, type: Numo::DFloat, shape: [400, 400], in_processes: 1) do |i|
+        stats[i, true] = Numo::Shared::Native.pool_stats.first(2) if i.positive?
+        row_class.new(400, 400).seq(i)
+      end
+      expect((0...8).map { |i| out[i, true, true] == Numo::DFloat.new(400, 400).seq(i) }).to all(be(true))
       made = stats[1..7, 0].to_a
       reused = stats[1..7, 1].to_a
       expect(made.zip(reused).map(&:sum)).to eq((1..7).to_a)
@@ -201,23 +209,11 @@ RSpec.describe "Numo::Parallel memory" do
     end
 
     it "gives each stored row of stack back to the pool for the next row (1 MiB rows and up)" do
-      stats = Numo::Int64.new_shared(8, 2)
-      out = Numo::Parallel.stack(0...8, type: Numo::DFloat, shape: [400, 400], in_processes: 1) do |i|
-        stats[i, true] = Numo::Shared::Native.pool_stats.first(2) if i.positive?
-        Numo::DFloat.new(400, 400).seq(i) # 1.28 MB, made in the pool, garbage once stored
-      end
-      expect_rows_recycled(stats)
-      expect((0...8).map { |i| out[i, true, true] == Numo::DFloat.new(400, 400).seq(i) }).to all(be(true))
+      expect_rows_recycled(Numo::DFloat) # written to the target's file
     end
 
     it "gives the rows Numo casts back to the pool too" do
-      stats = Numo::Int64.new_shared(8, 2)
-      out = Numo::Parallel.stack(0...8, type: Numo::DFloat, shape: [400, 400], in_processes: 1) do |i|
-        stats[i, true] = Numo::Shared::Native.pool_stats.first(2) if i.positive?
-        Numo::Int64.new(400, 400).seq(i) # 1.28 MB, another class: Numo casts it into the row
-      end
-      expect_rows_recycled(stats)
-      expect((0...8).map { |i| out[i, true, true] == Numo::DFloat.new(400, 400).seq(i) }).to all(be(true))
+      expect_rows_recycled(Numo::Int64) # another class: Numo casts it into the row
     end
 
     it "keeps the values of rows the block keeps, and keeps its later writes out of the stored rows" do

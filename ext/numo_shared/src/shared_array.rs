@@ -1027,6 +1027,8 @@ pub struct Location {
     pub serial: u64,
     pub creator: i32,
     pub offset: usize,
+    /// Bytes of the segment from the array's data to its end.
+    pub room: usize,
     /// Whether its memory is shared and writable (not read-only, not
     /// copy-on-write), so that another process's mapping holds its values.
     pub shareable: bool,
@@ -1046,35 +1048,8 @@ pub fn location(obj: Value) -> Option<Location> {
         serial: segment.serial(),
         creator: segment.creator_pid(),
         offset,
+        room: segment.len() - offset,
         shareable: segment.access().is_shared_writable() && !segment.is_pooled(),
-    })
-}
-
-/// Where the data of an array of ours (not a view) lies in its segment.
-pub struct Extent {
-    pub data: *mut u8,
-    /// Bytes of the segment from `data` to its end.
-    pub room: usize,
-    /// Bytes of the segment before `data`.
-    pub before: usize,
-    pub serial: u64,
-}
-
-/// `obj`'s extent, when `obj` is itself a shared array with memory.
-pub fn extent(obj: Value) -> Option<Extent> {
-    let (raw, array) = segment_behind(obj)?;
-    if raw != obj.as_raw() || array.freed {
-        return None;
-    }
-    let data = array.data.ptr;
-    let segment = array.segment.as_mut()?;
-    let start = segment.as_mut_ptr() as usize;
-    let before = (data as usize).checked_sub(start)?;
-    Some(Extent {
-        data,
-        room: segment.len().checked_sub(before)?,
-        before,
-        serial: segment.serial(),
     })
 }
 
