@@ -12,19 +12,12 @@
 //! arrived and was not claimed, and closes the socket and the region.
 
 use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use magnus::{rb_sys::AsRawValue, RString, Value};
-use nix::errno::Errno;
-use nix::sys::socket::{
-    recvmsg, sendmsg, shutdown, socketpair, AddressFamily, ControlMessage, ControlMessageOwned,
-    MsgFlags, Shutdown, SockFlag, SockType,
-};
-use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Place};
@@ -32,6 +25,7 @@ use crate::pid;
 use crate::region::Region;
 use crate::segment::{self, human_bytes, Access, Segment};
 use crate::shared_array::Plan;
+use crate::sys::{self, Errno};
 use crate::view;
 
 /// How long the parent waits for the memory of a result whose handle it
@@ -47,7 +41,7 @@ pub struct Arena {
 /// arenas, the receiving thread and (through fork) the workers.
 pub struct Shared {
     pub token: u64,
-    pub owner: Pid,
+    pub owner: i32,
     pub region: Option<Region>,
     receiver: RawFd,
     sender: RawFd,
@@ -96,13 +90,8 @@ fn open_arenas() -> MutexGuard<'static, Vec<Arc<Shared>>> {
 impl Arena {
     /// `Numo::Shared::Arena.new`.
     pub fn new() -> Result<Arena> {
-        let (receiver, sender) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| Error::os(e, "making the socket for parallel results"))?;
+        let (receiver, sender) = sys::seqpacket_pair()
+            .map_err(|e| Error::os(e, "making the socket for parallel results"))?;
         let shared = Arc::new(Shared {
             token: random_token()?,
             owner: pid::current(),
@@ -146,7 +135,7 @@ impl Arena {
             inbox.closed = true;
         }
         open_arenas().retain(|a| !Arc::ptr_eq(a, shared));
-        let _ = shutdown(shared.receiver, Shutdown::Both);
+        let _ = sys::shutdown(shared.receiver);
         let thread = shared
             .receiving
             .lock()
@@ -175,7 +164,7 @@ impl Arena {
 
     /// `arena.owner_pid`: the process that made the arena.
     pub fn owner_pid(&self) -> i32 {
-        self.shared.owner.as_raw()
+        self.shared.owner
     }
 
     /// `arena.token`: the number handles of this arena carry.
@@ -211,16 +200,16 @@ impl Arena {
 
     /// `arena.claims_stopped`: nil while items are given out, else
     /// `:raised`, or `:broke` once an item raised a Parallel::Break.
-    pub fn claims_stopped(&self) -> Option<magnus::Symbol> {
-        match self
+    pub fn claims_stopped(ruby: &magnus::Ruby, rb_self: &Self) -> Option<magnus::Symbol> {
+        match rb_self
             .shared
             .region
             .as_ref()
             .map_or(0, Region::claims_stopped)
         {
             0 => None,
-            1 => Some(magnus::Symbol::new("raised")),
-            _ => Some(magnus::Symbol::new("broke")),
+            1 => Some(ruby.to_symbol("raised")),
+            _ => Some(ruby.to_symbol("broke")),
         }
     }
 }
@@ -241,7 +230,7 @@ impl Shared {
     /// The receiving thread: maps each result's memory as it arrives.
     fn receive_until_closed(&self) {
         loop {
-            match receive(self.receiver, MsgFlags::empty()) {
+            match receive(self.receiver, false) {
                 Ok(Some((id, arrival))) => self.deliver(id, arrival),
                 Ok(None) => return,
                 Err(Errno::EINTR) => continue,
@@ -273,7 +262,7 @@ impl Shared {
                 return arrival.into_result();
             }
             // Receive here too: the message may still be in the socket.
-            match receive(self.receiver, MsgFlags::MSG_DONTWAIT) {
+            match receive(self.receiver, true) {
                 Ok(Some((got, arrival))) if got == id => return arrival.into_result(),
                 Ok(Some((got, arrival))) => self.deliver(got, arrival),
                 _ => {
@@ -301,26 +290,12 @@ impl Shared {
         let mut message = [0u8; 16];
         message[..8].copy_from_slice(&id.to_le_bytes());
         message[8..].copy_from_slice(&(bytes as u64).to_le_bytes());
-        let fds = [fd.as_raw_fd()];
-        let control = [ControlMessage::ScmRights(&fds)];
-        loop {
-            match sendmsg::<()>(
-                self.sender,
-                &[IoSlice::new(&message)],
-                &control,
-                MsgFlags::empty(),
-                None,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    return Err(Error::os(
-                        e,
-                        format!("sending {} of results to the parent", human_bytes(bytes)),
-                    ))
-                }
-            }
-        }
+        sys::send_with_fd(self.sender, &message, fd.as_raw_fd()).map_err(|e| {
+            Error::os(
+                e,
+                format!("sending {} of results to the parent", human_bytes(bytes)),
+            )
+        })
     }
 
     /// In a worker, once: closes its copy of the parent's receiving end, so
@@ -333,32 +308,13 @@ impl Shared {
 
 /// One message from a worker: the block's id and its memory, mapped here.
 /// `None` when the socket is shut down.
-fn receive(socket: RawFd, flags: MsgFlags) -> std::result::Result<Option<(u64, Arrival)>, Errno> {
+fn receive(socket: RawFd, nonblocking: bool) -> std::result::Result<Option<(u64, Arrival)>, Errno> {
     let mut message = [0u8; 16];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(&mut message)];
-    let msg = recvmsg::<()>(
-        socket,
-        &mut iov,
-        Some(&mut space),
-        flags | MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    if msg.bytes == 0 {
+    let got = sys::receive_with_fd(socket, &mut message, nonblocking)?;
+    if got.len == 0 {
         return Ok(None);
     }
-    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for message in msg.cmsgs().ok().into_iter().flatten() {
-        if let ControlMessageOwned::ScmRights(received) = message {
-            // SAFETY: descriptors the kernel just gave this process.
-            fds.extend(
-                received
-                    .into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    let fd = (!fds.is_empty()).then(|| fds.swap_remove(0)); // any others are closed
+    let (fd, truncated) = (got.fd, got.truncated);
     let id = u64::from_le_bytes(message[..8].try_into().unwrap());
     let bytes = u64::from_le_bytes(message[8..].try_into().unwrap()) as usize;
     let arrival = match fd {
@@ -417,14 +373,8 @@ fn map_block(fd: OwnedFd, bytes: usize) -> Arrival {
 
 fn random_token() -> Result<u64> {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom fills the buffer it is given.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr() as *mut libc::c_void, 8, 0) };
-    if got != 8 {
-        return Err(Error::os(
-            Errno::last(),
-            "getting a random token for parallel results",
-        ));
-    }
+    sys::getrandom(&mut bytes)
+        .map_err(|e| Error::os(e, "getting a random token for parallel results"))?;
     Ok(u64::from_le_bytes(bytes))
 }
 

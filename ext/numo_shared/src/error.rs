@@ -1,8 +1,8 @@
 //! Every error the extension can raise, and the one place where each kind is
 //! mapped to a Ruby exception class.
 
-use magnus::{exception::ExceptionClass, prelude::*, value::Lazy, RClass, RModule, Ruby};
-use nix::errno::Errno;
+use crate::sys::Errno;
+use magnus::{exception::ExceptionClass, prelude::*, value::Lazy, RModule, Ruby};
 
 /// `Numo::Shared::Error`, the base of the gem's own exception classes.
 pub static SHARED_ERROR: Lazy<ExceptionClass> =
@@ -72,21 +72,26 @@ impl Error {
             Error::Layout(msg) => (ruby.get_inner(&LAYOUT_ERROR), msg),
             Error::Format(msg) => (ruby.get_inner(&FORMAT_ERROR), msg),
             Error::Frozen(msg) => (ruby.exception_frozen_error(), msg),
-            Error::Os { errno, context } => match errno_class(ruby, errno) {
-                // Errno classes build "<strerror> - <context>" from one argument.
-                Some(class) => (class, context),
-                None => (
-                    ruby.exception_system_call_error(),
-                    format!("{} - {context}", errno.desc()),
-                ),
-            },
+            // SystemCallError.new picks the Errno::* class of the number and
+            // builds "<strerror> - <context>".
+            Error::Os { errno, context } => {
+                return built(
+                    ruby.exception_system_call_error()
+                        .new_instance((context, errno.0)),
+                )
+            }
         };
-        match class.new_instance((message,)) {
-            Ok(exception) => magnus::Error::from(exception),
-            // A pending jump (a thread being killed) or an exception raised
-            // while building: magnus resumes or raises it as it is.
-            Err(err) => err,
-        }
+        built(class.new_instance((message,)))
+    }
+}
+
+/// The error to raise for an exception just built, or for the failure to
+/// build it: a pending jump (a thread being killed) or an exception raised
+/// while building, which magnus resumes or raises as it is.
+fn built(made: std::result::Result<magnus::Exception, magnus::Error>) -> magnus::Error {
+    match made {
+        Ok(exception) => magnus::Error::from(exception),
+        Err(err) => err,
     }
 }
 
@@ -95,13 +100,6 @@ impl From<Error> for magnus::Error {
         let ruby = Ruby::get().expect("errors are raised on a Ruby thread");
         err.into_ruby(&ruby)
     }
-}
-
-/// `Errno::<name>` for `errno`, if Ruby knows that number.
-fn errno_class(ruby: &Ruby, errno: Errno) -> Option<ExceptionClass> {
-    let errno_module: RModule = ruby.class_object().const_get("Errno").ok()?;
-    let class: RClass = errno_module.const_get(format!("{errno:?}")).ok()?;
-    ExceptionClass::from_value(class.as_value())
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

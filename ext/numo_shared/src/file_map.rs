@@ -1,17 +1,15 @@
 //! File-backed arrays: `Numo::NArray.memmap`, numpy.memmap's modes over a
 //! file on disk.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
 
 use magnus::{prelude::*, RArray, RClass, RString, Ruby, Value};
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
-use nix::sys::stat::{fstat, lstat, Mode};
-use nix::unistd::unlink;
 
 use crate::error::{Error, Result};
 use crate::segment::{self, Access, Segment};
 use crate::shared_array;
+use crate::sys::{self, Errno};
 
 /// numpy.memmap's modes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -35,12 +33,12 @@ impl FileMode {
         }
     }
 
-    fn open_flags(self) -> OFlag {
+    fn open_flags(self) -> libc::c_int {
         match self {
-            FileMode::Read | FileMode::CopyOnWrite => OFlag::O_RDONLY,
-            FileMode::ReadWrite => OFlag::O_RDWR,
+            FileMode::Read | FileMode::CopyOnWrite => libc::O_RDONLY,
+            FileMode::ReadWrite => libc::O_RDWR,
             // An existing file (see open_file); never through a symlink.
-            FileMode::Create => OFlag::O_RDWR | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
+            FileMode::Create => libc::O_RDWR | libc::O_TRUNC | libc::O_NOFOLLOW,
         }
     }
 
@@ -184,32 +182,33 @@ fn sized(plan: shared_array::Plan, start: usize) -> Result<(shared_array::Plan, 
 /// cannot block the open. Returns the descriptor and whether this call
 /// created the file (`"w+"` on a path where nothing was).
 fn open_file(path: &str, mode: FileMode, what: &str) -> Result<(OwnedFd, bool)> {
-    let open_with = |flags: OFlag| {
-        open(
-            path,
-            flags | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-            Mode::from_bits_truncate(0o666),
-        )
-    };
+    let path = c_path(path, what)?;
+    let open_with =
+        |flags: libc::c_int| sys::open(&path, flags | libc::O_CLOEXEC | libc::O_NONBLOCK, 0o666);
     let opened = match mode {
         // O_EXCL never follows a symlink either.
-        FileMode::Create => match open_with(OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL) {
-            Err(Errno::EEXIST) => open_with(mode.open_flags()).map(|raw| (raw, false)),
-            made => made.map(|raw| (raw, true)),
+        FileMode::Create => match open_with(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) {
+            Err(Errno::EEXIST) => open_with(mode.open_flags()).map(|fd| (fd, false)),
+            made => made.map(|fd| (fd, true)),
         },
-        _ => open_with(mode.open_flags()).map(|raw| (raw, false)),
+        _ => open_with(mode.open_flags()).map(|fd| (fd, false)),
     };
-    let (raw, created) = opened.map_err(|e| Error::os(e, format!("opening {what} for memmap")))?;
-    // SAFETY: open just returned this descriptor; nothing else owns it.
-    Ok((unsafe { OwnedFd::from_raw_fd(raw) }, created))
+    opened.map_err(|e| Error::os(e, format!("opening {what} for memmap")))
+}
+
+/// `path` for a system call; a path with a NUL byte names no file.
+fn c_path(path: &str, what: &str) -> Result<CString> {
+    CString::new(path)
+        .map_err(|_| Error::Argument(format!("{what}: a path cannot contain a NUL byte")))
 }
 
 /// Removes the file that `memmap` created at `path` and then failed to map,
 /// if the path still names that file (`fd`'s).
 fn remove_created(path: &str, fd: &OwnedFd) {
-    if let (Ok(ours), Ok(there)) = (fstat(fd.as_raw_fd()), lstat(path)) {
+    let Ok(path) = CString::new(path) else { return };
+    if let (Ok(ours), Ok(there)) = (sys::fstat(fd), sys::lstat(&path)) {
         if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino) {
-            let _ = unlink(path);
+            let _ = sys::unlink(&path);
         }
     }
 }
@@ -217,12 +216,9 @@ fn remove_created(path: &str, fd: &OwnedFd) {
 /// Clears `O_NONBLOCK` on `fd`, which was opened with it only so that a
 /// FIFO at the path could not block the open.
 pub fn clear_nonblocking(fd: &impl AsFd, what: &str) -> Result<()> {
-    let raw = fd.as_fd().as_raw_fd();
     let context = || format!("opening {what}");
-    let flags = fcntl(raw, FcntlArg::F_GETFL).map_err(|e| Error::os(e, context()))?;
-    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
-    fcntl(raw, FcntlArg::F_SETFL(flags)).map_err(|e| Error::os(e, context()))?;
-    Ok(())
+    let flags = sys::status_flags(fd).map_err(|e| Error::os(e, context()))?;
+    sys::set_status_flags(fd, flags & !libc::O_NONBLOCK).map_err(|e| Error::os(e, context()))
 }
 
 /// `[n]`: as many elements of `klass` as fit after `offset`.
@@ -233,7 +229,7 @@ fn whole_file_shape(
     offset: u64,
     what: &str,
 ) -> Result<RArray> {
-    let one = shared_array::plan(ruby, klass, RArray::from_vec(vec![1u64]))?
+    let one = shared_array::plan(ruby, klass, ruby.ary_from_vec(vec![1u64]))?
         .element_bytes()
         .ok_or_else(|| {
             Error::Argument(format!(
@@ -252,5 +248,5 @@ fn whole_file_shape(
             one
         )));
     }
-    Ok(RArray::from_vec(vec![available / one as u64]))
+    Ok(ruby.ary_from_vec(vec![available / one as u64]))
 }

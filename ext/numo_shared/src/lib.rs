@@ -18,12 +18,11 @@ mod segment;
 mod shape;
 mod shared_array;
 mod stack_rows;
+mod sys;
 mod view;
 mod worker;
 
-use magnus::{
-    function, method, prelude::*, rb_sys::AsRawValue, RArray, RClass, RModule, Ruby, Value,
-};
+use magnus::{function, method, prelude::*, rb_sys::AsRawValue, RClass, RModule, Ruby, Value};
 
 use crate::arena::Arena;
 use crate::error::Error;
@@ -37,7 +36,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let _ = ruby.get_inner(&error::LAYOUT_ERROR);
     let _ = ruby.get_inner(&error::FORMAT_ERROR);
 
-    check_numo_layout(numo).map_err(|e| e.into_ruby(ruby))?;
+    check_numo_layout(ruby, numo).map_err(|e| e.into_ruby(ruby))?;
     pid::watch_forks();
     pool::watch_forks();
 
@@ -124,7 +123,7 @@ fn layout_mismatch(probe: Value, shape: Vec<usize>, element_bytes: u32) -> Optio
 
 /// Refuses to load against a numo-narray whose version or struct layout
 /// differs from the mirror in `numo.rs`, and records Numo's root data type.
-fn check_numo_layout(numo_module: RModule) -> Result<(), Error> {
+fn check_numo_layout(ruby: &Ruby, numo_module: RModule) -> Result<(), Error> {
     let narray: RClass = numo_module.const_get("NArray").map_err(|_| {
         Error::Layout("numo-narray is not loaded; require \"numo/narray\" first".into())
     })?;
@@ -137,7 +136,7 @@ fn check_numo_layout(numo_module: RModule) -> Result<(), Error> {
         .map_err(|_| Error::Layout("Numo::DFloat is missing".into()))?;
     for shape in [vec![2usize, 3], vec![5], vec![]] {
         let probe: Value = dfloat
-            .funcall("new", (RArray::from_vec(shape.clone()),))
+            .funcall("new", (ruby.ary_from_vec(shape.clone()),))
             .map_err(|e| Error::Layout(format!("cannot make a probe array: {e}")))?;
         // SAFETY: probe is a live object; the check reads only what it verified.
         if let Some(problem) = unsafe { numo::layout_mismatch(probe.as_raw(), &shape, 8) } {

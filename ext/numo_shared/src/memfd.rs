@@ -7,12 +7,9 @@ use std::ffi::CStr;
 use std::os::fd::OwnedFd;
 use std::sync::OnceLock;
 
-use nix::errno::Errno;
-use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-use nix::sys::resource::{getrlimit, Resource};
-
 use crate::error::{Error, Result};
 use crate::segment::human_bytes;
+use crate::sys::{self, Errno};
 
 /// Requests at least this large are checked against `MemAvailable`
 /// (reading /proc/meminfo costs more than making a small array).
@@ -21,23 +18,22 @@ const CHECK_AVAILABLE_FROM: usize = 1 << 20;
 /// A new memfd named `name`, `len` bytes long (sparse: no page is taken yet).
 pub fn create(name: &CStr, len: usize, what: &str) -> Result<OwnedFd> {
     check_file_size_limit(len, &format!("creating {} of {what}", human_bytes(len)))?;
-    let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)
-        .map_err(|e| Error::os(e, format!("memfd_create for {what}")))?;
+    let fd =
+        sys::memfd_create(name).map_err(|e| Error::os(e, format!("memfd_create for {what}")))?;
     let size = libc::off_t::try_from(len).map_err(|_| {
         Error::os(
             Errno::EFBIG,
             format!("sizing {} of {what}", human_bytes(len)),
         )
     })?;
-    nix::unistd::ftruncate(&fd, size)
+    sys::ftruncate(&fd, size)
         .map_err(|e| Error::os(e, format!("sizing {} of {what}", human_bytes(len))))?;
     Ok(fd)
 }
 
 /// The largest file this process may make (`RLIMIT_FSIZE`), if limited.
 pub fn file_size_limit() -> Option<u64> {
-    let (soft, _) = getrlimit(Resource::RLIMIT_FSIZE).ok()?;
-    (soft != libc::RLIM_INFINITY).then_some(soft)
+    sys::soft_limit(libc::RLIMIT_FSIZE).ok()?
 }
 
 /// `Errno::EFBIG` naming the limit when `len` bytes exceed the file size

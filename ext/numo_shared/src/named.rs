@@ -2,20 +2,17 @@
 //! process of the same user can open by name, each starting with a
 //! `Header` that records the array's class and shape.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
 
 use magnus::{prelude::*, RArray, RClass, Ruby, Value};
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::mman::{shm_open, shm_unlink};
-use nix::sys::stat::{fstat, Mode};
-use nix::unistd::getpid;
 
 use crate::error::{Error, Result};
 use crate::file_map;
 use crate::header::{self, Header};
 use crate::segment::{self, Access, Segment};
 use crate::shared_array;
+use crate::sys::{self, Errno};
 
 const SHM_DIR: &str = "/dev/shm";
 const MAX_NAME: usize = 200;
@@ -43,15 +40,16 @@ fn place(name: &str) -> String {
     format!("{SHM_DIR}/{name}")
 }
 
-fn shm_path(name: &str) -> String {
-    format!("/{name}")
+/// The name `shm_open` takes for `name` (checked: no NUL in it).
+fn shm_path(name: &str) -> CString {
+    CString::new(format!("/{name}")).expect("a checked name has no NUL")
 }
 
 /// `Numo::DFloat.new_shared(2, 3, name: "frames")`.
 pub fn create(ruby: &Ruby, klass: RClass, shape: RArray, name: String) -> Result<Value> {
     check_name(&name)?;
     let plan = shared_array::plan(ruby, klass, shape)?;
-    let pid = getpid().as_raw();
+    let pid = sys::getpid();
     let header = Header {
         class_name: klass.inspect(),
         shape: plan.dims().to_vec(),
@@ -64,25 +62,20 @@ pub fn create(ruby: &Ruby, klass: RClass, shape: RArray, name: String) -> Result
         .len()
         .checked_add(plan.bytes)
         .ok_or_else(|| Error::Argument("the segment would be larger than memory".into()))?;
-    let flags =
-        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = shm_open(
-        shm_path(&name).as_str(),
-        flags,
-        Mode::S_IRUSR | Mode::S_IWUSR,
-    )
-    .map_err(|e| {
-        Error::os(
-            e,
-            format!("creating shared-memory segment {}", place(&name)),
-        )
-    })?;
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let fd =
+        sys::shm_open(&shm_path(&name), flags, libc::S_IRUSR | libc::S_IWUSR).map_err(|e| {
+            Error::os(
+                e,
+                format!("creating shared-memory segment {}", place(&name)),
+            )
+        })?;
     let made = fill(&fd, &head, total, &name)
         .and_then(|segment| plan.wrap_at(klass, Some(segment), head.len()));
     match made {
         Ok(array) => Ok(array),
         Err(err) => {
-            let _ = shm_unlink(shm_path(&name).as_str());
+            let _ = sys::shm_unlink(&shm_path(&name));
             Err(err)
         }
     }
@@ -91,7 +84,7 @@ pub fn create(ruby: &Ruby, klass: RClass, shape: RArray, name: String) -> Result
 /// Sizes and reserves the new segment, maps it and writes its header.
 fn fill(fd: &OwnedFd, head: &[u8], total: usize, name: &str) -> Result<Segment> {
     // The mode given to shm_open passes through the umask; make it exact.
-    nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::S_IRUSR | Mode::S_IWUSR)
+    sys::fchmod(fd, libc::S_IRUSR | libc::S_IWUSR)
         .map_err(|e| Error::os(e, format!("setting the mode of {}", place(name))))?;
     segment::reserve(fd, total, &place(name))?;
     let mut map = Segment::map_fd(
@@ -116,21 +109,21 @@ pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
     check_name(&name)?;
     let what = format!("shared-memory segment {}", place(&name));
     let mode = if readonly {
-        OFlag::O_RDONLY
+        libc::O_RDONLY
     } else {
-        OFlag::O_RDWR
+        libc::O_RDWR
     };
     // O_NONBLOCK: a FIFO planted at the name must not block the open.
-    let fd = shm_open(
-        shm_path(&name).as_str(),
-        mode | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-        Mode::empty(),
+    let fd = sys::shm_open(
+        &shm_path(&name),
+        mode | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        0,
     )
     .map_err(|e| Error::os(e, format!("opening {what}")))?;
     let total = own_segment_size(&fd, &what)?;
     let header = read_header(&fd, total, &what)?;
     let klass = class_named(ruby, &header.class_name, &what)?;
-    let shape = RArray::from_vec(header.shape.iter().map(|&d| d as u64).collect());
+    let shape = ruby.ary_from_vec(header.shape.iter().map(|&d| d as u64).collect());
     let plan = shared_array::plan(ruby, klass, shape)?;
     if plan.bytes != header.data_bytes {
         return Err(Error::Format(format!(
@@ -161,7 +154,7 @@ pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
 /// file of this user: /dev/shm is world-writable, so another user can plant
 /// a segment (or a FIFO) under the name this user expects.
 fn own_segment_size(fd: &OwnedFd, what: &str) -> Result<usize> {
-    let stat = fstat(fd.as_raw_fd()).map_err(|e| Error::os(e, format!("opening {what}")))?;
+    let stat = sys::fstat(fd).map_err(|e| Error::os(e, format!("opening {what}")))?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(Error::Format(format!("{what} is not a regular file")));
     }
@@ -212,7 +205,7 @@ fn class_named(ruby: &Ruby, name: &str, what: &str) -> Result<RClass> {
 /// `Numo::NArray.unlink_shared("frames")`.
 pub fn unlink(name: String) -> Result<()> {
     check_name(&name)?;
-    shm_unlink(shm_path(&name).as_str()).map_err(|e| {
+    sys::shm_unlink(&shm_path(&name)).map_err(|e| {
         Error::os(
             e,
             format!("removing shared-memory segment {}", place(&name)),
@@ -244,10 +237,10 @@ pub fn list() -> Result<Vec<SegmentRow>> {
         if !meta.file_type().is_file() || meta.uid() != uid {
             continue;
         }
-        let Ok(fd) = shm_open(
-            shm_path(&name).as_str(),
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-            Mode::empty(),
+        let Ok(fd) = sys::shm_open(
+            &shm_path(&name),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            0,
         ) else {
             continue;
         };

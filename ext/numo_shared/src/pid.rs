@@ -5,8 +5,6 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use nix::unistd::{getpid, Pid};
-
 static PID: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn forget_in_child() {
@@ -22,13 +20,13 @@ pub fn watch_forks() {
 }
 
 /// The pid of this process.
-pub fn current() -> Pid {
+pub fn current() -> i32 {
     match PID.load(Ordering::Relaxed) {
         0 => {
-            let pid = getpid();
-            PID.store(pid.as_raw(), Ordering::Relaxed);
+            let pid = crate::sys::getpid();
+            PID.store(pid, Ordering::Relaxed);
             pid
         }
-        pid => Pid::from_raw(pid),
+        pid => pid,
     }
 }

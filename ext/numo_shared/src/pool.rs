@@ -54,7 +54,7 @@ impl Lease {
     /// True in the process whose pool made the block; false in a process
     /// forked from it, which must never shrink or send the file.
     pub fn is_mine(&self) -> bool {
-        self.owner == pid::current().as_raw()
+        self.owner == pid::current()
     }
 
     fn forget_descriptor(&self) {
@@ -126,7 +126,7 @@ fn lock() -> MutexGuard<'static, Option<Pool>> {
 
 /// This process's pool, if it is active here.
 fn mine<'a>(guard: &'a mut MutexGuard<'static, Option<Pool>>) -> Option<&'a mut Pool> {
-    let me = pid::current().as_raw();
+    let me = pid::current();
     guard.as_mut().filter(|p| p.owner == me)
 }
 
@@ -142,7 +142,7 @@ fn forget_descriptor_of(owner: i32) {
 /// Free blocks of a pool inherited from the process this one was forked
 /// from are unmapped here, never reused: that process may reuse them.
 pub fn activate() {
-    let me = pid::current().as_raw();
+    let me = pid::current();
     let inherited = {
         let mut guard = lock();
         if guard.as_ref().is_some_and(|p| p.owner == me) {
@@ -235,7 +235,7 @@ pub fn park(addr: usize, len: usize) {
 /// than `parent_pid` (a worker of `Numo::Parallel.stack`), activates the
 /// pool and the allocation hook; true the first time.
 pub fn activate_in_child(parent_pid: i32) -> bool {
-    let me = pid::current().as_raw();
+    let me = pid::current();
     if me == parent_pid || lock().as_ref().is_some_and(|p| p.owner == me) {
         return false;
     }
@@ -309,7 +309,7 @@ fn take_block(bytes: usize, sendable: bool) -> Option<Segment> {
 /// populated. `None` when it cannot be made (file size limit, no memory,
 /// no address space left): the array then gets Numo's own memory.
 fn make(bytes: usize, class: usize, keep_fd: bool) -> Option<Segment> {
-    let owner = pid::current().as_raw();
+    let owner = pid::current();
     let give_up = || {
         if keep_fd {
             forget_descriptor_of(owner);
@@ -395,8 +395,9 @@ pub fn size_class(bytes: usize) -> usize {
 /// descriptor limit, and never more than 1024. A block made beyond that has
 /// no descriptor, and is copied into a new block if it becomes a result.
 fn descriptor_budget() -> usize {
-    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| soft)
+    let soft = crate::sys::soft_limit(libc::RLIMIT_NOFILE)
+        .ok()
+        .flatten()
         .unwrap_or(1024);
     usize::try_from(soft / 4).unwrap_or(1024).clamp(16, 1024)
 }

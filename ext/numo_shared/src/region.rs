@@ -127,7 +127,7 @@ impl Region {
 
     /// `len` bytes (a multiple of 8) of this process's chunk.
     fn take(&self, len: u64) -> Option<u64> {
-        let me = crate::pid::current().as_raw();
+        let me = crate::pid::current();
         let mut chunk = CHUNK_OF.lock().unwrap_or_else(|e| e.into_inner());
         let (owner, region, next, end) = *chunk;
         if owner == me && region == self.addr && next + len <= end {

@@ -14,12 +14,11 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use nix::errno::Errno;
-
 use crate::error::{Error, Result};
 use crate::memfd;
 use crate::pid;
 use crate::pool::{self, Lease};
+use crate::sys::{self, Errno};
 
 /// How a segment maps its file.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -182,7 +181,7 @@ impl Segment {
 
     /// Takes ownership of a live mapping made elsewhere in this crate.
     pub fn adopt_mapping(addr: usize, len: usize, access: Access) -> Segment {
-        let serial = (u64::from(pid::current().as_raw() as u32) << 32)
+        let serial = (u64::from(pid::current() as u32) << 32)
             | u64::from(NEXT_SERIAL.fetch_add(1, Ordering::Relaxed));
         if access.is_shared_writable() {
             live().insert(serial, (addr, len));
@@ -202,7 +201,7 @@ impl Segment {
         Segment {
             ptr: NonNull::new(addr as *mut u8).expect("mmap never returns NULL here"),
             len,
-            serial: u64::from(pid::current().as_raw() as u32) << 32,
+            serial: u64::from(pid::current() as u32) << 32,
             access: Access::Shared,
             lease: Some(lease),
         }
@@ -354,7 +353,7 @@ impl Segment {
         drop(self.lease.take());
         let keep = bytes.div_ceil(page_size()) * page_size();
         if keep < self.len {
-            nix::unistd::ftruncate(&fd, keep as libc::off_t)
+            sys::ftruncate(&fd, keep as libc::off_t)
                 .map_err(|e| Error::os(e, "shrinking a result for the parent"))?;
             // SAFETY: the tail of our own mapping, past what the array uses.
             unsafe { unmap(self.ptr.as_ptr() as usize + keep, self.len - keep) };
@@ -449,8 +448,7 @@ fn mapping_count() -> Option<(usize, usize)> {
 
 /// The size of the file behind `fd`, and whether it is a regular file.
 pub fn file_size(fd: &impl AsFd, what: &str) -> Result<(usize, bool)> {
-    let stat = nix::sys::stat::fstat(fd.as_fd().as_raw_fd())
-        .map_err(|e| Error::os(e, format!("reading the size of {what}")))?;
+    let stat = sys::fstat(fd).map_err(|e| Error::os(e, format!("reading the size of {what}")))?;
     let size = usize::try_from(stat.st_size)
         .map_err(|_| Error::Format(format!("{what} has a negative size")))?;
     Ok((size, stat.st_mode & libc::S_IFMT == libc::S_IFREG))
@@ -458,11 +456,11 @@ pub fn file_size(fd: &impl AsFd, what: &str) -> Result<(usize, bool)> {
 
 /// Writes all of `data` to `fd` at `offset` (`pwrite`, retried on EINTR
 /// and short writes).
-pub fn write_all_at(fd: &impl AsFd, data: &[u8], offset: u64) -> nix::Result<()> {
+pub fn write_all_at(fd: &impl AsFd, data: &[u8], offset: u64) -> sys::SysResult<()> {
     let mut done = 0;
     while done < data.len() {
         let at = libc::off_t::try_from(offset + done as u64).map_err(|_| Errno::EFBIG)?;
-        match nix::sys::uio::pwrite(fd.as_fd(), &data[done..], at) {
+        match sys::pwrite(fd, &data[done..], at) {
             Ok(n) => done += n,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e),
@@ -473,11 +471,11 @@ pub fn write_all_at(fd: &impl AsFd, data: &[u8], offset: u64) -> nix::Result<()>
 
 /// Fills `buf` from `fd` at `offset` (`pread`, retried on EINTR and short
 /// reads) up to the end of the file; returns the bytes read.
-pub fn read_at(fd: &impl AsFd, buf: &mut [u8], offset: u64) -> nix::Result<usize> {
+pub fn read_at(fd: &impl AsFd, buf: &mut [u8], offset: u64) -> sys::SysResult<usize> {
     let mut done = 0;
     while done < buf.len() {
         let at = libc::off_t::try_from(offset + done as u64).map_err(|_| Errno::EFBIG)?;
-        match nix::sys::uio::pread(fd.as_fd(), &mut buf[done..], at) {
+        match sys::pread(fd, &mut buf[done..], at) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(Errno::EINTR) => continue,
@@ -499,7 +497,7 @@ pub fn reserve(fd: &OwnedFd, len: usize, place: &str) -> Result<()> {
     memfd::check_file_size_limit(len, &reserving(len, place))?;
     let off =
         libc::off_t::try_from(len).map_err(|_| Error::os(Errno::EFBIG, reserving(len, place)))?;
-    nix::unistd::ftruncate(fd, off).map_err(|e| Error::os(e, reserving(len, place)))?;
+    sys::ftruncate(fd, off).map_err(|e| Error::os(e, reserving(len, place)))?;
     allocate_range(fd, 0, len as u64, len, place)
 }
 
@@ -516,13 +514,7 @@ pub fn allocate_range(
         libc::off_t::try_from(n).map_err(|_| Error::os(Errno::EFBIG, reserving(bytes, place)))
     };
     let (offset, len) = (to_off_t(offset)?, to_off_t(len)?);
-    loop {
-        match nix::fcntl::posix_fallocate(fd.as_raw_fd(), offset, len) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(Error::os(e, reserving(bytes, place))),
-        }
-    }
+    sys::posix_fallocate(fd, offset, len).map_err(|e| Error::os(e, reserving(bytes, place)))
 }
 
 fn reserving(bytes: usize, place: &str) -> String {
@@ -533,11 +525,7 @@ fn reserving(bytes: usize, place: &str) -> String {
 }
 
 pub fn io_error(err: std::io::Error, context: impl Into<String>) -> Error {
-    let errno = err
-        .raw_os_error()
-        .map(Errno::from_raw)
-        .unwrap_or(Errno::EIO);
-    Error::os(errno, context)
+    Error::os(Errno::of(&err), context)
 }
 
 /// "8 bytes", "1.5 GiB": sizes in messages.

@@ -51,8 +51,8 @@ fn lock() -> MutexGuard<'static, Option<Worker>> {
 /// first time in a worker process, 1 afterwards.
 pub fn enter(arena: &Arena) -> u8 {
     let shared = arena.shared();
-    let me = pid::current().as_raw();
-    if shared.owner.as_raw() == me {
+    let me = pid::current();
+    if shared.owner == me {
         return 0;
     }
     let mut guard = lock();
@@ -100,7 +100,7 @@ pub fn arm_allocation() {
 /// back: records the NArrays found in `result`.
 pub fn expect_exports(result: Value) {
     let found = find_narrays(result.as_raw());
-    let me = pid::current().as_raw();
+    let me = pid::current();
     if let Some(worker) = lock().as_mut().filter(|w| w.pid == me) {
         worker.pending = found;
     }
@@ -191,7 +191,7 @@ unsafe fn marshals_itself(value: VALUE) -> bool {
 /// worker, for an array of the result being marshaled, the handle to send
 /// instead of its data; nil otherwise (Numo's own marshal data is sent).
 pub fn export(obj: Value) -> Result<Option<RString>> {
-    let me = pid::current().as_raw();
+    let me = pid::current();
     let (arena, id) = {
         let mut guard = lock();
         let Some(worker) = guard.as_mut().filter(|w| w.pid == me) else {
@@ -263,7 +263,7 @@ fn place_for(obj: Value, facts: &ArrayFacts, arena: &Shared, id: u64) -> Result<
 /// array it made before the map, or a view of one (not read-only or
 /// copy-on-write memory: the parent's mapping of it may hold other values).
 fn reference(obj: Value, facts: &ArrayFacts, arena: &Shared) -> Result<Option<Place>> {
-    let owner = arena.owner.as_raw();
+    let owner = arena.owner;
     if let Some(view) = shared_array::view_of(obj).filter(|v| v.creator == owner && v.shareable) {
         if let Some(offset) = contiguous_offset(&view, facts) {
             return Ok(Some(Place::Reference {
