@@ -2,8 +2,9 @@
 
 require "tmpdir"
 
-# How long the memory of Numo::Parallel results and of a worker's arrays
-# lives: as long as any mapping of it, in any process, and no longer.
+# How long the memory of Numo::Parallel results lives (as long as any
+# mapping of it, in any process, and no longer), and a worker's arrays:
+# ordinary Numo arrays, with every fork semantic of plain Ruby.
 # What a worker keeps between items, as user code does in a global.
 WORKER_CACHE = {} # rubocop:disable Style/MutableConstant
 
@@ -77,69 +78,97 @@ RSpec.describe "Numo::Parallel memory" do
       expect(sums.to_a).to all(eq(expected_sum - 1)) # elements 0 and 1 left out
     end
 
-    it "lets a worker that keeps a returned array see the parent's later writes to pages it has not written" do
-      # The documented difference from the parallel gem (whose results are
-      # copies): handing a result over costs no copy, so the worker's array
-      # and the parent's share the pages the worker has not written since.
-      seen = Numo::DFloat.new_shared(2)
-      finish = ->(_item, index, result) { result[50_000] = -7.0 if index.zero? }
-      Numo::Parallel.each(0...2, in_processes: 1, finish:) do |i|
-        WORKER_CACHE[:kept] ||= Numo::DFloat.new(100_000).seq
-        seen[i] = WORKER_CACHE[:kept][50_000]
-        WORKER_CACHE[:kept]
+    it "gives a worker that keeps a returned array its own copy, as the gem does, whatever its size" do
+      [20_000, 100_000].each do |n|
+        seen = Numo::DFloat.new_shared(3)
+        finish = ->(_item, index, result) { result[10_000] = -7.0 if index.zero? }
+        results = Numo::Parallel.map(0...3, in_processes: 1, finish:) do |i|
+          WORKER_CACHE[n] ||= Numo::DFloat.new(n).seq
+          seen[i] = WORKER_CACHE[n][10_000]
+          WORKER_CACHE[n][0] = i + 100 # the worker's own writes stay its own
+          WORKER_CACHE[n]
+        end
+        expect(seen.to_a).to eq([10_000.0] * 3), "#{n} elements"
+        expect(results.map { |r| [r[0], r[10_000]] }).to eq([[100.0, -7.0], [101.0, 10_000.0], [102.0, 10_000.0]])
+        expect(results).to all(be_shared)
       end
-      expect(seen.to_a).to eq([50_000.0, -7.0])
-    end
-
-    it "gives a worker that keeps a returned array under 256 KiB its own copy, as the gem does" do
-      seen = Numo::DFloat.new_shared(3)
-      finish = ->(_item, index, result) { result[10_000] = -7.0 if index.zero? }
-      results = Numo::Parallel.map(0...3, in_processes: 1, finish:) do |i|
-        WORKER_CACHE[:small] ||= Numo::DFloat.new(20_000).seq # 160 KB, made in the pool
-        seen[i] = WORKER_CACHE[:small][10_000]
-        WORKER_CACHE[:small][0] = i + 100 # the worker's own writes stay its own
-        WORKER_CACHE[:small]
-      end
-      expect(seen.to_a).to eq([10_000.0, 10_000.0, 10_000.0])
-      expect(results.map { |r| [r[0], r[10_000]] }).to eq([[100.0, -7.0], [101.0, 10_000.0], [102.0, 10_000.0]])
-      expect(results.first).to be_shared
     end
   end
 
-  describe "the worker's pool" do
-    # [made, reused] of the pool in a worker after the block ran.
-    def pool_after(&block)
-      stats = Numo::Int64.new_shared(2)
+  describe "a worker's arrays" do
+    it "are ordinary Numo arrays, made by Numo's own allocate" do
+      facts = Numo::Int64.new_shared(4)
       Numo::Parallel.each([0], in_processes: 1) do
-        block.call
-        made, reused, = Numo::Shared::Native.pool_stats
-        stats[0] = made
-        stats[1] = reused
+        a = Numo::DFloat.new(100_000).seq
+        facts[0] = a.shared? ? 1 : 0
+        facts[1] = Numo::Shared.mapped_bytes(a)
+        facts[2] = Numo::DFloat.singleton_class.ancestors.first == Numo::DFloat.singleton_class ? 1 : 0
+        facts[3] = Marshal.singleton_class.include?(Numo::Parallel::ResultDump) ? 1 : 0
       end
-      stats.to_a
+      expect(facts.to_a).to eq([0, 0, 1, 1])
+      expect(Marshal.singleton_class.include?(Numo::Parallel::ResultDump)).to be(false)
     end
 
-    it "gives a temporary's block to the next array of that size, without a new mapping" do
-      stats = pool_after do
-        mappings = lambda do
-          Numo::DFloat.new(100_000).seq # a temporary, garbage at once
-          GC.start
-          File.read("/proc/self/maps").scan("numo-shared-worker").size
-        end
-        counts = Array.new(10) { mappings.call }
-        # A stale reference on the stack may keep one temporary a while longer.
-        raise "new mappings: #{counts}" if counts.max > counts.min + 1
+    it "stay the worker's own when a child it forks writes its copy, as with the gem" do
+      block = lambda do |x|
+        a = Numo::DFloat.new(100_000).seq(x)
+        Process.wait(fork { a[0] = -1; exit!(0) })
+        [a[0], a]
       end
-      made, reused = stats
-      expect(made).to be <= 2
-      expect(reused).to be >= 8
-      expect(made + reused).to eq(10)
+      ours = Numo::Parallel.map([1, 2], opts, &block)
+      expect(ours.map(&:first)).to eq([1.0, 2.0])
+      expect(ours).to eq(Parallel.map([1, 2], opts, &block))
     end
 
-    it "never reuses a block an array held when the worker forked: a child forked mid-item reads its values" do
+    it "stay the worker's own when the plain gem's Parallel.map nested in an item writes them" do
+      ours = Numo::Parallel.map([1, 2], opts) do |x|
+        a = Numo::DFloat.new(100_000).seq(x)
+        inner = Parallel.map([0, 1], in_processes: 2) { |j| a[j] = -1 }
+        [a[0..1].to_a, inner, a]
+      end
+      expect(ours.map { |v| v[0] }).to eq([[1.0, 2.0], [2.0, 3.0]])
+      expect(ours.map { |v| v[1] }).to eq([[-1, -1]] * 2)
+      expect(ours.map { |v| v[2][0] }).to eq([1.0, 2.0])
+    end
+
+    it "stay the worker's own when a nested Numo::Parallel.map and stack write them" do
+      ours = Numo::Parallel.map([1, 2], opts) do |x|
+        a = Numo::DFloat.new(100_000).seq(x)
+        inner = Numo::Parallel.map([0, 1], in_processes: 2) { |j| a[j] = -1.0 - j; a }
+        rows = Numo::Parallel.stack([0, 1], type: Numo::DFloat, shape: [100_000], in_processes: 2) { |j| a[j] = -3.0; a }
+        [a[0], inner.map { |b| b[0..1].to_a }, rows[true, 0..1].to_a, a]
+      end
+      expect(ours.map(&:first)).to eq([1.0, 2.0])
+      expect(ours.map { |v| v[1] }).to eq([[[-1.0, 2.0], [1.0, -2.0]], [[-1.0, 3.0], [2.0, -2.0]]])
+      expect(ours.map { |v| v[2] }).to eq([[[-3.0, 2.0], [1.0, -3.0]], [[-3.0, 3.0], [2.0, -3.0]]])
+      expect(ours.map { |v| v[3][0] }).to eq([1.0, 2.0])
+    end
+
+    it "leave the parent's results alone when a child the worker forked goes on writing after the map" do
+      writes = Numo::Int64.new_shared(2)
+      results = Numo::Parallel.map([0, 1], opts) do |i|
+        a = Numo::DFloat.new(100_000).seq(i)
+        Process.detach(fork do
+          sleep 0.05 # the worker has returned its result by now
+          20.times do
+            a.fill(-9)
+            writes[i] += 1
+            sleep 0.005
+          end
+          exit!(0)
+        end)
+        a
+      end
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
+      sleep 0.01 until writes.to_a == [20, 20] || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      expect(writes.to_a).to eq([20, 20])
+      expect(results).to eq([Numo::DFloat.new(100_000).seq(0), Numo::DFloat.new(100_000).seq(1)])
+    end
+
+    it "are read by a child forked mid-item as they were at the fork, whatever later items make" do
       seen = Numo::DFloat.new_shared(1)
       Numo::Parallel.map(0...4, in_processes: 1) do |i|
-        temporary = Numo::DFloat.new(400, 400).fill(i + 1) # 1.28 MB from the pool
+        temporary = Numo::DFloat.new(400, 400).fill(i + 1)
         if i.zero?
           reader, writer = IO.pipe
           child = fork do
@@ -162,21 +191,7 @@ RSpec.describe "Numo::Parallel memory" do
       expect(seen[0]).to eq(160_000.0) # 400 x 400 ones, not a later item's values
     end
 
-    it "never reuses a result's block while the parent holds the result" do
-      stats = Numo::Int64.new_shared(4, 2)
-      results = Numo::Parallel.map(0...4, in_processes: 1) do |i|
-        GC.start # the earlier results are garbage here: their blocks must not come back
-        a = Numo::DFloat.new(100_000).seq(i)
-        made, reused, = Numo::Shared::Native.pool_stats
-        stats[i, 0] = made
-        stats[i, 1] = reused
-        a
-      end
-      expect(stats.to_a).to eq([[1, 0], [2, 0], [3, 0], [4, 0]])
-      expect(results.map { |r| r[1] }).to eq([1.0, 2.0, 3.0, 4.0])
-    end
-
-    it "hands over results past its budget of open descriptors (a quarter of ulimit -n) by copying them" do
+    it "returns many large results from one item under a low descriptor limit (ulimit -n 64)" do
       out = run_ruby(<<~RUBY)
         Process.setrlimit(:NOFILE, 64)
         arrays = Numo::Parallel.map([40], in_processes: 1) { |n| Array.new(n) { |i| Numo::DFloat.new(10_000).seq(i) } }.first
@@ -185,37 +200,9 @@ RSpec.describe "Numo::Parallel memory" do
       expect(out).to eq("[40, true, true]\n")
     end
 
-    # Runs a stack of 8 DFloat[400, 400] rows (1.28 MB) whose block makes
-    # each row in the pool as a +row_class+ array (garbage once stored), and
-    # checks the rows and the pool's counts before each row. Before row i is
-    # made, rows 0...i each took a block from the pool: a new one for row 0,
-    # then the block of a row already stored. A block or two more at most:
-    # Ruby scans the machine stack conservatively, and a stale slot can keep
-    # a stored row alive past the next collection (one map in a few hundred
-    # alone, twice in one map in a run of the whole suite); later rows reuse
-    # those blocks. Without the collections, row i would have made i blocks.
-    def expect_rows_recycled(row_class)
-      stats = Numo::Int64.new_shared(8, 2)
-      out = Numo::Parallel.stack(0...8, type: Numo::DFloat, shape: [400, 400], in_processes: 1) do |i|
-        stats[i, true] = Numo::Shared::Native.pool_stats.first(2) if i.positive?
-        row_class.new(400, 400).seq(i)
-      end
-      expect((0...8).map { |i| out[i, true, true] == Numo::DFloat.new(400, 400).seq(i) }).to all(be(true))
-      made = stats[1..7, 0].to_a
-      reused = stats[1..7, 1].to_a
-      expect(made.zip(reused).map(&:sum)).to eq((1..7).to_a)
-      expect(made.max).to be <= 3
-      expect(reused.last).to be >= 4
-    end
+  end
 
-    it "gives each stored row of stack back to the pool for the next row (1 MiB rows and up)" do
-      expect_rows_recycled(Numo::DFloat) # written to the target's file
-    end
-
-    it "gives the rows Numo casts back to the pool too" do
-      expect_rows_recycled(Numo::Int64) # another class: Numo casts it into the row
-    end
-
+  describe "stack rows" do
     it "keeps the values of rows the block keeps, and keeps its later writes out of the stored rows" do
       seen = Numo::DFloat.new_shared(4, 2)
       out = Numo::Parallel.stack(0...4, type: Numo::DFloat, shape: [100, 100], in_processes: 1) do |i|
@@ -239,11 +226,11 @@ RSpec.describe "Numo::Parallel memory" do
       sums = Numo::Parallel.map([{ in_processes: 0 }, { in_threads: 2 }], in_processes: 1) do |opts|
         kept = []
         out = Numo::Parallel.stack(0...2, type: Numo::DFloat, shape: [128, 100], **opts) do |i|
-          kept << Numo::DFloat.new(128, 100).fill(i + 1) # 100 KiB: pooled in the worker
+          kept << Numo::DFloat.new(128, 100).fill(i + 1) # 100 KiB
           kept.last
         end
         out.fill(-7)
-        kept.map(&:sum)
+        kept.map(&:sum).sort # threads may run the items in either order
       end
       expect(sums).to eq([[12_800.0, 25_600.0]] * 2)
     end
@@ -256,7 +243,7 @@ RSpec.describe "Numo::Parallel memory" do
       expect((0...6).map { |i| out[i, true, true] == Numo::Int32.new(300, 100).seq(i) }).to all(be(true))
     end
 
-    it "leaves the rows a stack block keeps (a cache) to the block: their blocks are never reused" do
+    it "leaves the rows a stack block keeps (a cache) to the block, with their values" do
       kept = Numo::Int64.new_shared(4)
       out = Numo::Parallel.stack(0...4, type: Numo::DFloat, shape: [400, 400], in_processes: 1) do |i|
         (WORKER_CACHE[:rows] ||= []) << Numo::DFloat.new(400, 400).fill(i)
@@ -265,26 +252,6 @@ RSpec.describe "Numo::Parallel memory" do
       end
       expect(kept.to_a).to eq([0, 1, 3, 6])
       expect(out[true, 0, 0].to_a).to eq([0.0, 1.0, 2.0, 3.0])
-    end
-
-    it "serves small arrays and Numo::RObject with Numo's own memory" do
-      stats = pool_after do
-        Numo::DFloat.new(1000).seq
-        Numo::RObject.new(100_000).fill(:x)
-      end
-      expect(stats).to eq([0, 0])
-    end
-
-    it "is not used outside workers: the parent's arrays are ordinary" do
-      made = Numo::Parallel.map(0...2, in_threads: 2) { Numo::DFloat.new(100_000).seq }
-      expect(made.map(&:shared?)).to eq([false, false])
-      expect(Numo::Shared::Native.pool_stats).to be_nil
-    end
-
-    it "leaves Numo's allocate untouched in processes that are not workers" do
-      Numo::Parallel.map(0...2, opts) { Numo::DFloat.new(100_000).seq }
-      expect(Numo::Shared::WorkerAllocation.instance_methods(false)).to be_empty
-      expect(Numo::DFloat.instance_method(:allocate).owner).to eq(Numo::DFloat)
     end
   end
 end

@@ -2,6 +2,37 @@
 
 require "tmpdir"
 
+# Objects that marshal themselves with Marshal.dump (their String loaded
+# later), and objects whose marshal_dump leaves out the array they hold.
+class DumpsItsArray
+  def initialize(array)
+    @array = array
+  end
+
+  def marshal_dump = Marshal.dump(@array)
+  def marshal_load(data) = (@data = data)
+  def array = Marshal.load(@data) # rubocop:disable Security/MarshalLoad -- data this spec wrote
+end
+
+DumpsItsArrayStruct = Struct.new(:array) do
+  def marshal_dump = Marshal.dump(array)
+  def marshal_load(data) = (self.array = data)
+end
+
+class LeavesItsArrayOut
+  def initialize(array)
+    @array = array
+  end
+
+  def marshal_dump = 1
+  def marshal_load(_data) = nil
+end
+
+LeavesItsArrayOutStruct = Struct.new(:array) do
+  def marshal_dump = 1
+  def marshal_load(_data) = nil
+end
+
 # Results that are not plain numeric arrays in writable memory, forged or
 # damaged handles, and the limits of the process: each behaves as with the
 # parallel gem, or raises a clear error; none crashes.
@@ -112,6 +143,64 @@ RSpec.describe "Numo::Parallel results" do
       expect(results[0]).to be_shared
       expect(File.size(path)).to be > 400_000
       expect(Marshal.load(File.binread(path))).to eq(Numo::DFloat.new(50_000).seq) # rubocop:disable Security/MarshalLoad
+    end
+  end
+
+  describe "in objects that marshal themselves" do
+    let(:array) { Numo::DFloat.new(50_000).seq }
+
+    it "hold the data, not a handle, where an object's marshal_dump calls Marshal.dump on an array" do
+      results = Numo::Parallel.map([0, 1], opts) do |i|
+        a = Numo::DFloat.new(50_000).seq
+        i.zero? ? [DumpsItsArray.new(a), a] : [a, DumpsItsArray.new(a)]
+      end
+      expect(results[0][0].array).to eq(array) # loaded after the map: no arena is open
+      expect(results[1][1].array).to eq(array)
+      expect([results[0][1], results[1][0]]).to all(eq(array))
+      expect([results[0][1], results[1][0]]).to all(be_shared) # the array itself still crosses by memfd
+    end
+
+    it "hold the data where a Struct subclass's marshal_dump calls Marshal.dump on an array" do
+      results = Numo::Parallel.map([0], opts) { DumpsItsArrayStruct.new(Numo::DFloat.new(50_000).seq) }
+      expect(Marshal.load(results[0].array)).to eq(array) # rubocop:disable Security/MarshalLoad
+    end
+
+    it "leave an array their marshal_dump leaves out to Numo's data in a later Marshal.dump (an at_exit hook)" do
+      dumped = Numo::Int64.new_shared(2)
+      Numo::Parallel.map([0, 1], in_processes: 1) do |i|
+        a = Numo::Int32.new(50_000).seq
+        at_exit { dumped[i] = Marshal.dump(a).bytesize }
+        i.zero? ? LeavesItsArrayOut.new(a) : LeavesItsArrayOutStruct.new(a)
+      end
+      expect(dumped.to_a).to all(be > 200_000)
+    end
+  end
+
+  describe "loaded with Numo's own marshal data" do
+    # A process whose address space is limited to what it uses now plus
+    # +room+ bytes, loading a 60 MB DFloat's marshal data: Marshal.load
+    # makes a 60 MB String of the data, then the array takes its own copy.
+    def load_with_room(room)
+      run_ruby(<<~RUBY)
+        data = Marshal.dump(Numo::DFloat.new(7_500_000).seq)
+        GC.start
+        used = File.read("/proc/self/status")[/^VmSize:\\s+(\\d+)/, 1].to_i * 1024
+        Process.setrlimit(:AS, used + #{room})
+        begin
+          a = Marshal.load(data)
+          p [a.size, a[7_499_999]]
+        rescue NoMemoryError => e
+          p e.class
+        end
+      RUBY
+    end
+
+    it "copies the bytes once, straight into the array" do
+      expect(load_with_room(150 << 20)).to eq("[7500000, 7499999.0]\n") # the String and one copy fit, not two
+    end
+
+    it "raises NoMemoryError when memory runs out, as Numo does" do
+      expect(load_with_room(90 << 20)).to eq("NoMemoryError\n") # the String fits, the array's copy does not
     end
   end
 

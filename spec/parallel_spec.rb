@@ -96,15 +96,19 @@ RSpec.describe Numo::Parallel do
       expect(described_class.map([0], in_processes: 1) { Numo::Int8.new(0) }).to eq([Numo::Int8.new(0)])
     end
 
-    it "hands over arrays the worker allocated in shared memory instead of copying them" do
+    it "computes in ordinary arrays in the worker and gives the parent shared ones, each in a memfd of its own" do
       in_worker = Numo::Int32.new_shared(2)
+      full_gc
+      mapped = results_mapped_bytes
       results = described_class.map([0, 1], opts) do |i|
         a = Numo::DFloat.new(100_000).seq(i)
-        in_worker[i] = a.shared? ? 1 : 0
+        in_worker[i] = a.shared? || Numo::Shared.mapped_bytes(a).positive? ? 1 : 0
         a
       end
-      expect(in_worker.to_a).to eq([1, 1])
+      expect(in_worker.to_a).to eq([0, 0])
       expect(results).to eq([Numo::DFloat.new(100_000).seq(0), Numo::DFloat.new(100_000).seq(1)])
+      expect(results).to all(be_shared)
+      expect(results_mapped_bytes - mapped).to eq(2 * 802_816) # 800,000 bytes in whole pages (196), each
     end
 
     it "keeps each result as it was when returned, even if the worker writes to the array afterwards" do

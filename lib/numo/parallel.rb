@@ -4,6 +4,7 @@ require "parallel"
 require "stringio"
 require_relative "shared"
 require_relative "parallel/batched_map"
+require_relative "parallel/result_dump"
 require_relative "parallel/stack"
 
 module Numo
@@ -150,8 +151,8 @@ module Numo
       end
 
       # Runs the gem's method +name+, each item a round trip of its own,
-      # with a block that, in worker processes, computes large arrays in
-      # shared memory and hands its results' NArrays over. Whether the gem
+      # with a block that, in worker processes, has the NArrays of each
+      # value the gem sends back exported (see ResultDump). Whether the gem
       # forks is its own decision (in_threads, in_processes: 0, ...): the
       # arena is made either way, and the block sees where it runs. A
       # serializer that does not marshal (parallel 2.x) makes it the gem's
@@ -183,15 +184,15 @@ module Numo
         false
       end
 
-      # The block the gem runs. In a worker (from its first item on, large
-      # arrays are allocated in its pool) it records the NArrays of each
-      # result that the gem sends back, for export.
+      # The block the gem runs. In a worker, after each item whose value
+      # the gem sends back, the gem's Marshal.dump of that value exports
+      # its NArrays (see ResultDump).
       def worker_block(arena, block, returns)
         lambda do |*item|
-          return block.call(*item) if arena.enter_worker.zero? # the parent itself: threads, or no workers
+          return block.call(*item) unless ResultDump.enter(arena) # the parent itself: threads, or no workers
 
           result = block.call(*item)
-          arena.expect_exports(result) if returns
+          arena.arm_exports(true) if returns
           result
         end
       end

@@ -40,9 +40,6 @@ module Numo
       Numo::UInt8, Numo::UInt16, Numo::UInt32, Numo::UInt64,
       Numo::SFloat, Numo::DFloat, Numo::SComplex, Numo::DComplex
     ].freeze
-    # Empty here; Numo::Parallel's worker processes define its +allocate+
-    # (prepending it there would cost each worker copies of shared pages).
-    CLASSES.each { |klass| klass.prepend(WorkerAllocation) }
 
     # The exception classes and internals that the extension defines in Rust
     # (ext/numo_shared/src/error.rs), described here for the API docs.
@@ -81,7 +78,7 @@ module Numo
     #
     #   # What one Numo::Parallel call shares between the parent and its
     #   # workers (a token, a region for small results, the socket that
-    #   # carries large results' memory).
+    #   # carries large results' memfds).
     #   # @api private
     #   class Arena; end
     #
@@ -90,11 +87,6 @@ module Numo
     #   # old size.
     #   # @api private
     #   module Reinitialization; end
-    #
-    #   # Prepended to the numeric classes; in Numo::Parallel worker
-    #   # processes only, it gives large arrays memory from the worker's pool.
-    #   # @api private
-    #   module WorkerAllocation; end
 
     # Bytes of shared memory mapped in this process for +array+ (or for the
     # array that +array+ is a view of); 0 for ordinary arrays.
@@ -108,6 +100,10 @@ module Numo
       Native.mapped_bytes(array)
     end
   end
-end
 
-require_relative "parallel"
+  # Loaded when first used (or by +require "numo/parallel"+), so that
+  # +require "numo/shared"+ alone does not load the parallel gem: libraries
+  # that check for +::Parallel+ (Rumale's +n_jobs+, say) behave as without
+  # this gem.
+  autoload :Parallel, File.expand_path("parallel", __dir__)
+end

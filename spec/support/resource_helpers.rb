@@ -20,10 +20,10 @@ module ResourceHelpers
     mapping_sizes("memfd:numo-shared").size
   end
 
-  # Bytes mapped in this process of memory that Numo::Parallel workers
-  # allocated (results handed over, and a worker's own pool).
+  # Bytes mapped in this process of the memfds that Numo::Parallel workers
+  # copied large results into.
   def results_mapped_bytes
-    mapping_sizes("memfd:numo-shared-worker").sum
+    mapping_sizes("memfd:numo-shared-result").sum
   end
 
   # Bytes mapped of Numo::Parallel's regions for small results.

@@ -46,6 +46,9 @@ pub enum Error {
     Format(String),
     /// A change to an array whose memory cannot change (FrozenError).
     Frozen(String),
+    /// Memory for a buffer of Rust's own could not be had (NoMemoryError,
+    /// instead of Rust's abort of the process).
+    NoMemory(String),
     /// An exception Ruby raised in a call made from Rust (or a pending
     /// jump, such as a thread being killed), passed on as it is.
     Ruby(magnus::Error),
@@ -72,6 +75,7 @@ impl Error {
             Error::Layout(msg) => (ruby.get_inner(&LAYOUT_ERROR), msg),
             Error::Format(msg) => (ruby.get_inner(&FORMAT_ERROR), msg),
             Error::Frozen(msg) => (ruby.exception_frozen_error(), msg),
+            Error::NoMemory(msg) => (ruby.exception_no_mem_error(), msg),
             // SystemCallError.new picks the Errno::* class of the number and
             // builds "<strerror> - <context>".
             Error::Os { errno, context } => {
@@ -110,4 +114,37 @@ impl magnus::error::IntoError for Error {
     fn into_error(self, ruby: &Ruby) -> magnus::Error {
         self.into_ruby(ruby)
     }
+}
+
+/// A buffer of `len` elements, or `Error::NoMemory` naming `what` when the
+/// allocation fails (Rust would abort the process).
+pub fn try_vec<T>(len: usize, what: &str) -> Result<Vec<T>> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|_| {
+        Error::NoMemory(format!(
+            "failed to allocate memory for {what} ({})",
+            human_bytes(len.saturating_mul(std::mem::size_of::<T>()))
+        ))
+    })?;
+    Ok(buf)
+}
+
+/// An `std::io::Error` as an `Os` error with `context`.
+pub fn io_error(err: std::io::Error, context: impl Into<String>) -> Error {
+    Error::os(Errno::of(&err), context)
+}
+
+/// "8 bytes", "1.5 GiB": sizes in messages.
+pub fn human_bytes(len: usize) -> String {
+    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if len < 1024 {
+        return format!("{len} bytes");
+    }
+    let mut value = len as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {} ({len} bytes)", UNITS[unit])
 }

@@ -29,8 +29,9 @@ module Numo
 
       # Replaces the last value added, if not yet marshaled, with its
       # Marshal data. Its arrays are exported through +arena+ as the gem's
-      # Marshal.dump of an item's value exports them, and no other array
-      # (the block's own Marshal.dump in a later item writes Numo's data).
+      # Marshal.dump of an item's value exports them (see ResultDump), and
+      # no other array (the block's own Marshal.dump in a later item writes
+      # Numo's data).
       # A value Marshal cannot dump ends this worker as it ends the gem's:
       # the error is printed and the process exits (Parallel::DeadWorker in
       # the parent).
@@ -38,21 +39,21 @@ module Numo
         return if @values.size == @sealed
 
         begin
-          arena.expect_exports(@values.last)
+          arena.arm_exports(true)
           @values[-1] = Marshal.dump(@values.last)
         rescue StandardError => e
           warn e.full_message
           exit 1
         ensure
-          arena.expect_exports(nil)
+          arena.arm_exports(false)
         end
         @sealed = @values.size
       end
 
       # Readies the last value for the gem's Marshal.dump of the batch: its
-      # arrays are the ones to export.
+      # arrays are exported (the sealed values are Strings by then).
       def close(arena)
-        arena.expect_exports(@values.last) unless @values.size == @sealed
+        arena.arm_exports(@values.size != @sealed)
       end
 
       def marshal_dump

@@ -108,7 +108,7 @@ module Numo
       def round_trip(arena, block)
         run = item_runner(arena, block)
         lambda do |_job|
-          arena.enter_worker
+          ResultDump.enter(arena)
           batch = Batch.new
           fill(batch, arena, run)
           batch.close(arena)

@@ -7,19 +7,9 @@ module Numo
     #
     # A row of the target's class is written into the target's file
     # (Native.store_stack_row: +pwrite+, which faults no page of the worker's
-    # mapping); any other row is stored by Numo, casting it. A row the block
-    # made in the worker's pool is garbage once stored (unless the block kept
-    # it); if its block is RECYCLE_ROWS_FROM bytes or more, the next item
-    # starts with a minor collection, which puts the block back in the pool
-    # for the next row. (Left to Ruby's own pace, every 16 to 32 MiB of such
-    # memory, most rows would take fresh pages instead, which cost more than
-    # the collection.)
+    # mapping); any other row is stored by Numo, casting it.
     # @!visibility private
     class Stack
-      # See the class comment: a minor collection costs about what fresh
-      # pages for 1 MiB cost on the project's machine.
-      RECYCLE_ROWS_FROM = 1 << 20
-
       # @param type [Class] a numeric Numo class
       # @param shape [Array<Integer>] the shape of one row
       # @param block [Proc] the block that computes a row from an item
@@ -37,7 +27,7 @@ module Numo
       def run(items, options)
         target = Numo::Shared::Native.create_stack_target(@type, [items.size, *@shape])
         begin
-          ::Parallel.each_with_index(items, options, &worker_block(target, Process.pid))
+          ::Parallel.each_with_index(items, options, &worker_block(target))
         ensure
           Numo::Shared::Native.release_stack_target(target)
         end
@@ -52,33 +42,23 @@ module Numo
         raise TypeError, "type: must be a numeric Numo class such as Numo::DFloat, got #{type.inspect}"
       end
 
-      # The block each worker runs: computes the row (in pooled memory) and
-      # stores it into its row of +target+ (see the class comment).
-      def worker_block(target, parent_pid)
+      # The block each worker runs: computes the row and stores it into its
+      # row of +target+ (see the class comment).
+      def worker_block(target)
         row_bytes = target.byte_size / [target.shape.first, 1].max
         all = Array.new(@shape.size, true)
         lambda do |item, index|
-          Numo::Shared::Native.activate_pool(parent_pid)
-          collect_if_due
           store(target, index * row_bytes, row_bytes, [index, *all], row(@block.call(item), item, index))
           nil
         end
       end
 
-      # A minor collection when the last row stored still owned a large
-      # block of the pool (see the class comment).
-      def collect_if_due
-        GC.start(full_mark: false, immediate_sweep: true) if @pooled.to_i >= RECYCLE_ROWS_FROM
-      end
-
-      # Stores +row+ at +index+ of +target+ (+offset+ bytes in, +bytes+
-      # long) and notes the bytes of the pool block +row+ itself owns.
+      # Stores +row+ at +index+ of +target+ (+offset+ bytes in, +bytes+ long).
       def store(target, offset, bytes, index, row)
-        unless Numo::Shared::Native.store_stack_row(target, offset, bytes, row)
-          Numo::Shared::Native.populate(target, offset, bytes)
-          target[*index] = row
-        end
-        @pooled = Numo::Shared::Native.pooled_bytes(row)
+        return if Numo::Shared::Native.store_stack_row(target, offset, bytes, row)
+
+        Numo::Shared::Native.populate(target, offset, bytes)
+        target[*index] = row
       end
 
       def row(value, item, index)

@@ -115,16 +115,18 @@ module Numo
 
       # See NArray#store_binary.
       def store_binary(string, offset = 0)
-        return super unless Numo::Shared::Native.backed?(self)
+        return super unless Numo::Shared::Native.shared?(self)
 
         bytes = checked_binary_length(string, offset)
         store(self.class.from_binary(string.byteslice(offset, bytes), shape)) unless size.zero?
         bytes
       end
 
-      # Inside a Numo::Parallel worker, while its result is sent to the
-      # parent, only a handle to the array's data in shared memory is
-      # marshaled. Everywhere else: Numo's full data, as always.
+      # Inside a Numo::Parallel worker, while the parallel gem marshals an
+      # item's value, a handle is marshaled instead of the array's data: the
+      # data is passed by reference (memory the parent shares) or copied once
+      # into memory the parent maps. Everywhere else: Numo's full data, as
+      # always.
       # @!visibility private
       def marshal_dump
         Numo::Shared::Native.export(self) || super

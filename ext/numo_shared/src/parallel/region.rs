@@ -10,8 +10,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
-use crate::memfd;
-use crate::segment;
+use crate::memory::memfd;
+use crate::memory::pid;
+use crate::memory::segment;
 
 /// Sizes tried, largest first: a process under an address-space limit
 /// (`ulimit -v`) or a file size limit gets a smaller region, or none.
@@ -127,7 +128,7 @@ impl Region {
 
     /// `len` bytes (a multiple of 8) of this process's chunk.
     fn take(&self, len: u64) -> Option<u64> {
-        let me = crate::pid::current();
+        let me = pid::current();
         let mut chunk = CHUNK_OF.lock().unwrap_or_else(|e| e.into_inner());
         let (owner, region, next, end) = *chunk;
         if owner == me && region == self.addr && next + len <= end {

@@ -2,13 +2,14 @@
 //! file on disk.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use magnus::{prelude::*, RArray, RClass, RString, Ruby, Value};
 
-use crate::error::{Error, Result};
-use crate::segment::{self, Access, Segment};
-use crate::shared_array;
+use crate::error::{human_bytes, Error, Result};
+use crate::memory::file;
+use crate::memory::segment::{self, Access, Segment};
+use crate::numo::plan::{self, Plan};
 use crate::sys::{self, Errno};
 
 /// numpy.memmap's modes.
@@ -75,7 +76,7 @@ pub fn memmap(
     // A given shape and class are checked before the file is opened: "w+"
     // truncates, and bad input must not cost the file its contents.
     let given = match shape {
-        Some(shape) => Some(sized(shared_array::plan(ruby, klass, shape)?, start)?),
+        Some(shape) => Some(sized(plan::plan(ruby, klass, shape)?, start)?),
         None => None,
     };
     let (fd, created) = open_file(&path, mode, &what)?;
@@ -108,33 +109,33 @@ impl Request<'_> {
         &self,
         ruby: &Ruby,
         fd: &OwnedFd,
-        given: Option<(shared_array::Plan, usize)>,
+        given: Option<(Plan, usize)>,
         prefix: Option<RString>,
     ) -> Result<Value> {
         let (start, what) = (self.start, self.what);
-        let (size, regular) = segment::file_size(fd, what)?;
+        let (size, regular) = file::file_size(fd, what)?;
         if !regular {
             return Err(Error::Argument(format!("{what} is not a regular file")));
         }
-        clear_nonblocking(fd, what)?;
+        file::clear_nonblocking(fd, what)?;
         let (plan, end) = match given {
             Some(given) => given,
             None => {
                 let shape = whole_file_shape(ruby, self.klass, size, start as u64, what)?;
-                sized(shared_array::plan(ruby, self.klass, shape)?, start)?
+                sized(plan::plan(ruby, self.klass, shape)?, start)?
             }
         };
         if self.mode == FileMode::Create {
-            segment::reserve(fd, end, what).map_err(|e| match e {
+            file::reserve(fd, end, what).map_err(|e| match e {
                 Error::Os { errno, .. } => Error::os(
                     errno,
-                    format!("sizing {what} to {} for memmap", segment::human_bytes(end)),
+                    format!("sizing {what} to {} for memmap", human_bytes(end)),
                 ),
                 other => other,
             })?;
             if let Some(prefix) = prefix {
                 // SAFETY: the slice is used before any Ruby code runs.
-                segment::write_all_at(fd, unsafe { prefix.as_slice() }, 0)
+                file::write_all_at(fd, unsafe { prefix.as_slice() }, 0)
                     .map_err(|e| Error::os(e, format!("writing the header of {what}")))?;
             }
         } else if size < end {
@@ -165,7 +166,7 @@ impl Request<'_> {
 }
 
 /// The plan with the end of its data in the file when it starts at `start`.
-fn sized(plan: shared_array::Plan, start: usize) -> Result<(shared_array::Plan, usize)> {
+fn sized(plan: Plan, start: usize) -> Result<(Plan, usize)> {
     let end = start
         .checked_add(plan.bytes)
         .filter(|&end| libc::off_t::try_from(end).is_ok())
@@ -213,14 +214,6 @@ fn remove_created(path: &str, fd: &OwnedFd) {
     }
 }
 
-/// Clears `O_NONBLOCK` on `fd`, which was opened with it only so that a
-/// FIFO at the path could not block the open.
-pub fn clear_nonblocking(fd: &impl AsFd, what: &str) -> Result<()> {
-    let context = || format!("opening {what}");
-    let flags = sys::status_flags(fd).map_err(|e| Error::os(e, context()))?;
-    sys::set_status_flags(fd, flags & !libc::O_NONBLOCK).map_err(|e| Error::os(e, context()))
-}
-
 /// `[n]`: as many elements of `klass` as fit after `offset`.
 fn whole_file_shape(
     ruby: &Ruby,
@@ -229,7 +222,7 @@ fn whole_file_shape(
     offset: u64,
     what: &str,
 ) -> Result<RArray> {
-    let one = shared_array::plan(ruby, klass, ruby.ary_from_vec(vec![1u64]))?
+    let one = plan::plan(ruby, klass, ruby.ary_from_vec(vec![1u64]))?
         .element_bytes()
         .ok_or_else(|| {
             Error::Argument(format!(

@@ -1,5 +1,6 @@
 //! A mirror of the parts of numo-narray's C structs this extension touches,
-//! and the check, run at load, that the installed numo-narray matches it.
+//! and the checks, run at load, that the installed numo-narray (and the
+//! running Ruby's typed-data objects) match it.
 //!
 //! numo-narray keeps an array's data in `narray_data_t`
 //! (`numo/narray.h`): `{u8 ndim; u8 type; u8 flag[2]; u16 elmsz; size_t size;
@@ -10,9 +11,10 @@
 
 use std::ffi::CStr;
 
-use rb_sys::{rb_data_type_t, RTypedData, VALUE};
+use rb_sys::{rb_data_type_t, VALUE};
 
 use crate::error::{Error, Result};
+use crate::numo::typed_data;
 
 /// `narray_t`, the header every Numo array starts with.
 #[repr(C)]
@@ -69,16 +71,18 @@ pub enum Step {
 }
 
 impl Step {
-    /// Decodes `stridx[dim]` of a live view whose `dim` has `len` indices.
+    /// Decodes `stridx[dim]` of a live view whose `dim` has `len` indices
+    /// (an index table is copied: `Error::NoMemory` if it cannot be).
     ///
     /// # Safety
     /// `raw` must be a `stridx_t` of a live view, `len` its dimension's size.
-    pub unsafe fn decode(raw: usize, len: usize) -> Step {
+    pub unsafe fn decode(raw: usize, len: usize) -> Result<Step> {
         if raw & 1 == 1 {
-            Step::Stride((raw as isize) >> 1)
-        } else {
-            Step::Index(std::slice::from_raw_parts(raw as *const usize, len).to_vec())
+            return Ok(Step::Stride((raw as isize) >> 1));
         }
+        let mut table = crate::error::try_vec(len, "a view's index table")?;
+        table.extend_from_slice(std::slice::from_raw_parts(raw as *const usize, len));
+        Ok(Step::Index(table))
     }
 
     /// The `stridx_t` for this step; an index table is copied to a buffer
@@ -89,7 +93,7 @@ impl Step {
         match self {
             Step::Stride(stride) => Ok(((stride << 1) | 1) as usize),
             Step::Index(table) => {
-                let buf = crate::ruby_alloc::xmalloc_array::<usize>(table.len())?;
+                let buf = crate::numo::ruby_alloc::xmalloc_array::<usize>(table.len())?;
                 // SAFETY: buf holds table.len() words.
                 unsafe { std::ptr::copy_nonoverlapping(table.as_ptr(), buf, table.len()) };
                 Ok(buf as usize)
@@ -144,39 +148,6 @@ pub const NARRAY_VIEW_T: u8 = 2;
 /// refused; these are still probed at load.
 pub const SUPPORTED_SERIES: [&str; 4] = ["0.9.", "0.10.", "0.11.", "0.12."];
 
-/// True when `obj` is a typed-data object (any class).
-///
-/// # Safety
-/// `obj` must be a live Ruby object.
-pub unsafe fn is_typed_data(obj: VALUE) -> bool {
-    rb_sys::RB_TYPE_P(obj, rb_sys::ruby_value_type::RUBY_T_DATA)
-        && (*(obj as *const RTypedData)).typed_flag == 1
-}
-
-/// The `rb_data_type_t` of a typed-data object.
-///
-/// # Safety
-/// `obj` must be a live typed-data object.
-pub unsafe fn data_type_of(obj: VALUE) -> *const rb_data_type_t {
-    (*(obj as *const RTypedData)).type_
-}
-
-/// The wrapped pointer of a typed-data object.
-///
-/// # Safety
-/// `obj` must be a live typed-data object.
-pub unsafe fn data_ptr_of(obj: VALUE) -> *mut std::ffi::c_void {
-    (*(obj as *const RTypedData)).data
-}
-
-/// Sets the wrapped pointer of a typed-data object.
-///
-/// # Safety
-/// `obj` must be a live typed-data object of a type that frees `ptr`.
-pub unsafe fn set_data_ptr(obj: VALUE, ptr: *mut std::ffi::c_void) {
-    (*(obj as *mut RTypedData)).data = ptr;
-}
-
 /// The name a data type was registered under, for messages.
 ///
 /// # Safety
@@ -211,10 +182,10 @@ pub fn data_bytes(info: &TypeInfo, elements: usize) -> Option<usize> {
 /// # Safety
 /// `probe` must be a live Numo array object.
 pub unsafe fn layout_mismatch(probe: VALUE, shape: &[usize], element_bytes: u32) -> Option<String> {
-    if !is_typed_data(probe) {
+    if !typed_data::is_typed(probe) {
         return Some("the probe array is not a typed-data object".into());
     }
-    let ty = data_type_of(probe);
+    let ty = typed_data::type_of(probe);
     if (*ty).parent.is_null() || type_name((*ty).parent) != "Numo::NArray" {
         return Some(format!(
             "the data type {} does not have Numo::NArray as its parent",
@@ -229,7 +200,7 @@ pub unsafe fn layout_mismatch(probe: VALUE, shape: &[usize], element_bytes: u32)
             element_bytes
         ));
     }
-    let na = data_ptr_of(probe) as *const NArrayData;
+    let na = typed_data::data_of(probe) as *const NArrayData;
     let base = &(*na).base;
     let elements: usize = shape.iter().product();
     if base.kind != NARRAY_DATA_T {
@@ -261,47 +232,6 @@ pub unsafe fn layout_mismatch(probe: VALUE, shape: &[usize], element_bytes: u32)
         return Some("an unallocated array has a data pointer or claims to own one".into());
     }
     None
-}
-
-/// The class of `obj`, past its singleton class (shared arrays have one:
-/// they are extended with `Numo::Shared::Reinitialization`).
-pub fn real_class(obj: magnus::Value) -> magnus::RClass {
-    use magnus::rb_sys::{AsRawValue, FromRawValue};
-    // SAFETY: rb_obj_class returns a live class for a live object.
-    unsafe {
-        let klass = magnus::Value::from_raw(rb_sys::rb_obj_class(obj.as_raw()));
-        magnus::RClass::from_value(klass).expect("rb_obj_class returns a class")
-    }
-}
-
-/// `super` from a method written in Rust (the allocation hook), with Ruby's
-/// exceptions returned as errors.
-pub fn call_super() -> std::result::Result<magnus::Value, magnus::Error> {
-    call_super_with(&[])
-}
-
-/// `super(*args)` (and the block) from a method written in Rust.
-pub fn call_super_with(
-    args: &[magnus::Value],
-) -> std::result::Result<magnus::Value, magnus::Error> {
-    use magnus::rb_sys::AsRawValue;
-    let mut raw = [0 as VALUE; 4];
-    let heap: Vec<VALUE>;
-    let argv: &[VALUE] = if args.len() <= raw.len() {
-        for (slot, arg) in raw.iter_mut().zip(args) {
-            *slot = arg.as_raw();
-        }
-        &raw[..args.len()]
-    } else {
-        heap = args.iter().map(|a| a.as_raw()).collect();
-        &heap
-    };
-    // SAFETY: called from a method body; rb_call_super uses its frame.
-    let value = magnus::rb_sys::protect(|| unsafe {
-        rb_sys::rb_call_super(argv.len() as std::ffi::c_int, argv.as_ptr())
-    })?;
-    // SAFETY: a live value returned by the method.
-    Ok(unsafe { <magnus::Value as magnus::rb_sys::FromRawValue>::from_raw(value) })
 }
 
 /// Refuses a numo-narray whose version is outside the series we mirror.

@@ -10,10 +10,13 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use magnus::{prelude::*, rb_sys::AsRawValue, Value};
 use rb_sys::rb_data_type_t;
 
-use crate::error::{Error, Result};
-use crate::numo::{self, Step, NARRAY_VIEW_T};
-use crate::segment::Segment;
-use crate::shared_array::{narray_type, Plan, ViewOf};
+use crate::error::{try_vec, Error, Result};
+use crate::memory::segment::Segment;
+use crate::numo::facts::ViewOf;
+use crate::numo::layout::{self, Step, NARRAY_VIEW_T};
+use crate::numo::plan::{class_of, Plan};
+use crate::numo::shared_array::narray_type;
+use crate::numo::typed_data;
 
 /// numo-narray's `na_data_type_view`, found on first use.
 static VIEW_TYPE: AtomicPtr<rb_data_type_t> = AtomicPtr::new(std::ptr::null_mut());
@@ -34,10 +37,18 @@ pub struct Geometry {
 
 /// In a worker: the geometry of `view` and its index tables, packed (native
 /// `size_t`s, one table after another).
-pub fn geometry_of(view: &ViewOf) -> (Geometry, Vec<u8>) {
+pub fn geometry_of(view: &ViewOf) -> Result<(Geometry, Vec<u8>)> {
     let mut mask = 0u64;
     let mut strides = Vec::with_capacity(view.steps.len());
-    let mut tables = Vec::new();
+    let table_bytes = view
+        .steps
+        .iter()
+        .map(|step| match step {
+            Step::Index(table) => table.len() * std::mem::size_of::<usize>(),
+            Step::Stride(_) => 0,
+        })
+        .sum();
+    let mut tables = try_vec(table_bytes, "a view's index tables")?;
     for (dim, step) in view.steps.iter().enumerate() {
         match step {
             Step::Stride(stride) => strides.push(*stride),
@@ -56,7 +67,7 @@ pub fn geometry_of(view: &ViewOf) -> (Geometry, Vec<u8>) {
         index_mask: mask,
         strides,
     };
-    (geometry, tables)
+    Ok((geometry, tables))
 }
 
 /// In the parent: makes `obj` (just allocated by `Marshal.load`, of `plan`'s
@@ -67,7 +78,7 @@ pub fn claim(plan: &Plan, obj: Value, geometry: &Geometry, tables: &[u8]) -> Res
         return plan.adopt(obj, None, 0);
     }
     let data_bytes = geometry.data_bytes;
-    let klass = crate::numo::real_class(obj);
+    let klass = class_of(obj);
     // Offsets count bytes, or bits for Numo::Bit; the viewed array is made
     // one-dimensional with as many elements as its data holds.
     let (unit, elements) = match plan.element_bytes() {
@@ -125,16 +136,18 @@ fn steps(dims: &[usize], mask: u64, strides: &[isize], packed: &[u8]) -> Result<
     let mut steps = Vec::with_capacity(dims.len());
     for (dim, (&stride, &len)) in strides.iter().zip(dims).enumerate() {
         if mask & (1 << dim) != 0 {
-            let table: Option<Vec<usize>> = (0..len)
-                .map(|_| {
-                    words
-                        .next()
-                        .map(|w| usize::from_ne_bytes(w.try_into().unwrap()))
-                })
-                .collect();
-            let table = table.ok_or_else(|| {
-                Error::Argument("a view's index tables are shorter than its shape".into())
-            })?;
+            if words.len() < len {
+                return Err(Error::Argument(
+                    "a view's index tables are shorter than its shape".into(),
+                ));
+            }
+            let mut table = try_vec(len, "a view's index table")?;
+            for _ in 0..len {
+                let word = words.next().ok_or_else(|| {
+                    Error::Argument("a view's index tables are shorter than its shape".into())
+                })?;
+                table.push(usize::from_ne_bytes(word.try_into().expect("a word")));
+            }
             steps.push(Step::Index(table));
         } else if stride.unsigned_abs() > isize::MAX as usize >> 1 {
             return Err(Error::Argument(format!(
@@ -164,17 +177,17 @@ fn view_type(base: Value) -> Result<*const rb_data_type_t> {
     let raw = probe.as_raw();
     // SAFETY: each step checks the object's type before reading its struct.
     let ty = unsafe {
-        if !numo::is_typed_data(raw) {
+        if !typed_data::is_typed(raw) {
             return Err(Error::Layout(
                 "a Numo view is not a typed-data object".into(),
             ));
         }
-        let ty = numo::data_type_of(raw);
-        let na = numo::data_ptr_of(raw) as *const numo::NArrayBase;
+        let ty = typed_data::type_of(raw);
+        let na = typed_data::data_of(raw) as *const layout::NArrayBase;
         if (*ty).parent != narray_type() || na.is_null() || (*na).kind != NARRAY_VIEW_T {
             return Err(Error::Layout(format!(
                 "numo-narray's views ({}) are not laid out as numo-shared expects",
-                numo::type_name(ty)
+                layout::type_name(ty)
             )));
         }
         ty

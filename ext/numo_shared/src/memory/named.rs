@@ -1,17 +1,16 @@
-//! Named shared arrays: POSIX shared-memory segments in /dev/shm that any
-//! process of the same user can open by name, each starting with a
-//! `Header` that records the array's class and shape.
+//! Named segments: POSIX shared-memory files in /dev/shm that any process of
+//! the same user can open by name, each starting with a `Header` that
+//! records the array's class and shape. Created exclusively with mode 0600;
+//! opened only when they are regular files of this user; never through a
+//! symlink.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 
-use magnus::{prelude::*, RArray, RClass, Ruby, Value};
-
-use crate::error::{Error, Result};
-use crate::file_map;
-use crate::header::{self, Header};
-use crate::segment::{self, Access, Segment};
-use crate::shared_array;
+use crate::error::{io_error, Error, Result};
+use crate::memory::file;
+use crate::memory::header::{self, Header};
+use crate::memory::segment::{Access, Segment};
 use crate::sys::{self, Errno};
 
 const SHM_DIR: &str = "/dev/shm";
@@ -36,7 +35,8 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn place(name: &str) -> String {
+/// Where the segment `name` lives, for messages.
+pub fn place(name: &str) -> String {
     format!("{SHM_DIR}/{name}")
 }
 
@@ -45,37 +45,23 @@ fn shm_path(name: &str) -> CString {
     CString::new(format!("/{name}")).expect("a checked name has no NUL")
 }
 
-/// `Numo::DFloat.new_shared(2, 3, name: "frames")`.
-pub fn create(ruby: &Ruby, klass: RClass, shape: RArray, name: String) -> Result<Value> {
-    check_name(&name)?;
-    let plan = shared_array::plan(ruby, klass, shape)?;
-    let pid = sys::getpid();
-    let header = Header {
-        class_name: klass.inspect(),
-        shape: plan.dims().to_vec(),
-        data_bytes: plan.bytes,
-        creator_pid: pid,
-        creator_start: header::process_start_time(pid).unwrap_or(0),
-    };
+/// Creates the segment `name` (checked) exclusively, sized and reserved for
+/// `header` and its data, maps it and writes the header, its magic last.
+/// Returns the mapping and where the data starts in it. If anything fails,
+/// the name is removed again.
+pub fn create(name: &str, header: &Header) -> Result<(Segment, usize)> {
     let head = header.encode()?;
     let total = head
         .len()
-        .checked_add(plan.bytes)
+        .checked_add(header.data_bytes)
         .ok_or_else(|| Error::Argument("the segment would be larger than memory".into()))?;
     let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    let fd =
-        sys::shm_open(&shm_path(&name), flags, libc::S_IRUSR | libc::S_IWUSR).map_err(|e| {
-            Error::os(
-                e,
-                format!("creating shared-memory segment {}", place(&name)),
-            )
-        })?;
-    let made = fill(&fd, &head, total, &name)
-        .and_then(|segment| plan.wrap_at(klass, Some(segment), head.len()));
-    match made {
-        Ok(array) => Ok(array),
+    let fd = sys::shm_open(&shm_path(name), flags, libc::S_IRUSR | libc::S_IWUSR)
+        .map_err(|e| Error::os(e, format!("creating shared-memory segment {}", place(name))))?;
+    match fill(&fd, &head, total, name) {
+        Ok(segment) => Ok((segment, head.len())),
         Err(err) => {
-            let _ = sys::shm_unlink(&shm_path(&name));
+            remove_quietly(name);
             Err(err)
         }
     }
@@ -86,7 +72,7 @@ fn fill(fd: &OwnedFd, head: &[u8], total: usize, name: &str) -> Result<Segment> 
     // The mode given to shm_open passes through the umask; make it exact.
     sys::fchmod(fd, libc::S_IRUSR | libc::S_IWUSR)
         .map_err(|e| Error::os(e, format!("setting the mode of {}", place(name))))?;
-    segment::reserve(fd, total, &place(name))?;
+    file::reserve(fd, total, &place(name))?;
     let mut map = Segment::map_fd(
         fd,
         0,
@@ -104,10 +90,10 @@ fn fill(fd: &OwnedFd, head: &[u8], total: usize, name: &str) -> Result<Segment> 
     Ok(map)
 }
 
-/// `Numo::NArray.open_shared("frames", readonly: false)`.
-pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
-    check_name(&name)?;
-    let what = format!("shared-memory segment {}", place(&name));
+/// Opens the segment `name` (checked): its header, and a mapping of all of
+/// it (read-only with `readonly`).
+pub fn open(name: &str, readonly: bool) -> Result<(Segment, Header)> {
+    let what = format!("shared-memory segment {}", place(name));
     let mode = if readonly {
         libc::O_RDONLY
     } else {
@@ -115,22 +101,13 @@ pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
     };
     // O_NONBLOCK: a FIFO planted at the name must not block the open.
     let fd = sys::shm_open(
-        &shm_path(&name),
+        &shm_path(name),
         mode | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
         0,
     )
     .map_err(|e| Error::os(e, format!("opening {what}")))?;
     let total = own_segment_size(&fd, &what)?;
     let header = read_header(&fd, total, &what)?;
-    let klass = class_named(ruby, &header.class_name, &what)?;
-    let shape = ruby.ary_from_vec(header.shape.iter().map(|&d| d as u64).collect());
-    let plan = shared_array::plan(ruby, klass, shape)?;
-    if plan.bytes != header.data_bytes {
-        return Err(Error::Format(format!(
-            "{what} has a damaged header: {} of shape {:?} needs {} bytes, the header says {}",
-            header.class_name, header.shape, plan.bytes, header.data_bytes
-        )));
-    }
     let access = if readonly {
         Access::ReadOnly
     } else {
@@ -140,14 +117,10 @@ pub fn open(ruby: &Ruby, name: String, readonly: bool) -> Result<Value> {
         &fd,
         0,
         total,
-        &format!("shared memory ({})", place(&name)),
+        &format!("shared memory ({})", place(name)),
         access,
     )?;
-    let array = plan.wrap_at(klass, Some(segment), header.data_offset())?;
-    if readonly {
-        array.freeze();
-    }
-    Ok(array)
+    Ok((segment, header))
 }
 
 /// The size of the segment open at `fd`, once it is known to be a regular
@@ -169,61 +142,43 @@ fn own_segment_size(fd: &OwnedFd, what: &str) -> Result<usize> {
             ),
         ));
     }
-    file_map::clear_nonblocking(fd, what)?;
+    file::clear_nonblocking(fd, what)?;
     usize::try_from(stat.st_size).map_err(|_| Error::Format(format!("{what} has a negative size")))
 }
 
 fn read_header(fd: &impl AsFd, total: usize, what: &str) -> Result<Header> {
-    let mut bytes = vec![0u8; header::data_offset(crate::shape::MAX_DIMENSIONS).min(total)];
-    let read = segment::read_at(fd, &mut bytes, 0)
+    let mut bytes = vec![0u8; header::data_offset(header::MAX_DIMENSIONS).min(total)];
+    let read = file::read_at(fd, &mut bytes, 0)
         .map_err(|e| Error::os(e, format!("reading the header of {what}")))?;
     bytes.truncate(read);
     Header::decode(&bytes, total, what)
 }
 
-/// The Numo class a header names; only the numeric classes are accepted.
-fn class_named(ruby: &Ruby, name: &str, what: &str) -> Result<RClass> {
-    let refuse = || {
-        Error::Format(format!(
-            "{what} records class {name:?}, which is not a numeric Numo class"
-        ))
-    };
-    let short = name.strip_prefix("Numo::").ok_or_else(refuse)?;
-    let numo: magnus::RModule = ruby
-        .class_object()
-        .const_get("Numo")
-        .map_err(|_| refuse())?;
-    let klass: RClass = numo.const_get(short).map_err(|_| refuse())?;
-    let shared: magnus::RModule = numo.const_get("Shared").map_err(|_| refuse())?;
-    let classes: RArray = shared.const_get("CLASSES").map_err(|_| refuse())?;
-    if !classes.includes(klass) {
-        return Err(refuse());
-    }
-    Ok(klass)
+/// Removes the segment `name` (checked).
+pub fn unlink(name: &str) -> Result<()> {
+    sys::shm_unlink(&shm_path(name))
+        .map_err(|e| Error::os(e, format!("removing shared-memory segment {}", place(name))))
 }
 
-/// `Numo::NArray.unlink_shared("frames")`.
-pub fn unlink(name: String) -> Result<()> {
-    check_name(&name)?;
-    sys::shm_unlink(&shm_path(&name)).map_err(|e| {
-        Error::os(
-            e,
-            format!("removing shared-memory segment {}", place(&name)),
-        )
-    })
+/// Removes the segment `name` if it is there, after a failed creation.
+pub fn remove_quietly(name: &str) {
+    let _ = sys::shm_unlink(&shm_path(name));
 }
 
-/// One segment found by `list`: name, class, shape, data bytes, creating
-/// pid, and whether that process still runs.
-pub type SegmentRow = (String, String, Vec<usize>, usize, i32, bool);
+/// One segment found by `list`: its name, its header, and whether the
+/// process that made it still runs.
+pub struct Listed {
+    pub name: String,
+    pub header: Header,
+    pub alive: bool,
+}
 
-/// `Numo::Shared::Native.segments`: a `SegmentRow` for every segment in
-/// /dev/shm that this user owns and this gem made.
-pub fn list() -> Result<Vec<SegmentRow>> {
+/// Every segment in /dev/shm that this user owns and this gem made, by name.
+pub fn list() -> Result<Vec<Listed>> {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
-    let entries = std::fs::read_dir(SHM_DIR)
-        .map_err(|e| segment::io_error(e, format!("listing {SHM_DIR}")))?;
+    let entries =
+        std::fs::read_dir(SHM_DIR).map_err(|e| io_error(e, format!("listing {SHM_DIR}")))?;
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let Ok(name) = entry.file_name().into_string() else {
@@ -244,7 +199,7 @@ pub fn list() -> Result<Vec<SegmentRow>> {
         ) else {
             continue;
         };
-        let Ok((total, _)) = segment::file_size(&fd, &name) else {
+        let Ok((total, _)) = file::file_size(&fd, &name) else {
             continue;
         };
         let Ok(header) = read_header(&fd, total, &name) else {
@@ -252,15 +207,12 @@ pub fn list() -> Result<Vec<SegmentRow>> {
         };
         let alive = header::process_start_time(header.creator_pid)
             .is_some_and(|start| header.creator_start == 0 || start == header.creator_start);
-        found.push((
+        found.push(Listed {
             name,
-            header.class_name,
-            header.shape,
-            header.data_bytes,
-            header.creator_pid,
+            header,
             alive,
-        ));
+        });
     }
-    found.sort();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(found)
 }

@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"NUMOSHRD";
 pub const VERSION: u32 = 1;
+/// The most dimensions a header records (numo-narray allows 62).
+pub const MAX_DIMENSIONS: usize = 64;
 /// Bytes before the shape.
 pub const FIXED: usize = 64;
 const CLASS_FIELD: std::ops::Range<usize> = 40..64;
@@ -85,7 +87,7 @@ impl Header {
             )));
         }
         let ndim = u32_at(28) as usize;
-        if ndim > crate::shape::MAX_DIMENSIONS {
+        if ndim > MAX_DIMENSIONS {
             return Err(damaged(&format!("{ndim} dimensions")));
         }
         let offset = u32_at(12) as usize;

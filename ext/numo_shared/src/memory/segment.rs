@@ -1,5 +1,5 @@
 //! `Segment`: a mapping of a file descriptor that a shared array's data lives
-//! in, unmapped (or handed back to the worker pool) when dropped.
+//! in, unmapped when dropped.
 //!
 //! Anonymous segments are backed by `memfd_create`: nothing appears in the file
 //! system, and the memory goes away when the last mapping of it, in any
@@ -14,11 +14,11 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use crate::error::{Error, Result};
-use crate::memfd;
-use crate::pid;
-use crate::pool::{self, Lease};
-use crate::sys::{self, Errno};
+use crate::error::{human_bytes, Error, Result};
+use crate::memory::file;
+use crate::memory::memfd;
+use crate::memory::pid;
+use crate::sys::Errno;
 
 /// How a segment maps its file.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -48,9 +48,6 @@ pub struct Segment {
     /// processes forked from it: the creating pid in the high 32 bits.
     serial: u64,
     access: Access,
-    /// Set for memory of a Numo::Parallel worker's pool: dropping the
-    /// segment hands the mapping back to the pool instead of unmapping it.
-    lease: Option<Lease>,
 }
 
 // SAFETY: a Segment is a plain mapping; its pointer is valid for its life.
@@ -70,12 +67,8 @@ impl Drop for Segment {
         if self.access.is_shared_writable() {
             live().remove(&self.serial);
         }
-        let addr = self.ptr.as_ptr() as usize;
-        match self.lease.take() {
-            Some(lease) => pool::give_back(lease, addr, self.len),
-            // SAFETY: the range is our own mapping, unmapped exactly once here.
-            None => unsafe { unmap(addr, self.len) },
-        }
+        // SAFETY: the range is our own mapping, unmapped exactly once here.
+        unsafe { unmap(self.ptr.as_ptr() as usize, self.len) };
     }
 }
 
@@ -145,12 +138,12 @@ impl Segment {
     }
 
     /// `anonymous`, with the memfd's descriptor, which mapping does not need
-    /// (see `stack_rows`, which maps it again).
+    /// (Numo::Parallel.stack's workers write rows into the file).
     pub fn anonymous_keeping_file(len: usize) -> Result<(Segment, OwnedFd)> {
         memfd::check_available(len, "shared memory (memfd)")?;
         let fd = memfd::create(c"numo-shared", len, "shared memory (memfd)")?;
         if memfd::strict_overcommit() {
-            allocate_range(&fd, 0, len as u64, len, "memfd")?;
+            file::allocate_range(&fd, 0, len as u64, len, "memfd")?;
         }
         let segment = Self::map_fd(&fd, 0, len, "shared memory (memfd)", Access::Shared)?;
         Ok((segment, fd))
@@ -191,19 +184,6 @@ impl Segment {
             len,
             serial,
             access,
-            lease: None,
-        }
-    }
-
-    /// A segment over a mapping of a worker's pool, handed back to the pool
-    /// when dropped. Not listed: it is never passed by reference.
-    pub fn pooled(addr: usize, len: usize, lease: Lease) -> Segment {
-        Segment {
-            ptr: NonNull::new(addr as *mut u8).expect("mmap never returns NULL here"),
-            len,
-            serial: u64::from(pid::current() as u32) << 32,
-            access: Access::Shared,
-            lease: Some(lease),
         }
     }
 
@@ -272,14 +252,12 @@ impl Segment {
     /// instead of faulting) and kept reserved until the returned
     /// `Reservation` is dropped. The file's pages go when no other mapping
     /// of them, in any process, is left.
-    pub fn release(mut self) -> Reservation {
+    pub fn release(self) -> Reservation {
         let addr = self.ptr.as_ptr() as usize;
         let len = self.len;
         if self.access.is_shared_writable() {
             live().remove(&self.serial);
         }
-        // A pool block is not reused: its range is gone.
-        drop(self.lease.take());
         // SAFETY: replaces our own mapping in place with anonymous memory of
         // the same length; nothing else is mapped there.
         let _ = unsafe {
@@ -294,77 +272,6 @@ impl Segment {
         };
         std::mem::forget(self);
         Reservation { addr, len }
-    }
-
-    /// For a worker's pool block about to become a result: shrinks the file
-    /// to the first `bytes` (page-rounded), turns this process's mapping of
-    /// it into a private copy-on-write one (so that its later writes stay its
-    /// own) and returns the file, to be sent to the parent. `None` for any
-    /// other segment, or a pool block without a descriptor.
-    pub fn hand_over(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
-        let Some(fd) = self.detach_for_parent(bytes)? else {
-            return Ok(None);
-        };
-        // SAFETY: replaces our own mapping in place with one of the same
-        // length over the same file range; the address stays valid.
-        unsafe {
-            mmap_raw(
-                Some(self.ptr.as_ptr() as usize),
-                self.len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_FIXED,
-                fd.as_raw_fd(),
-                0,
-            )
-        }
-        .map_err(|errno| Error::os(errno, "keeping a private copy of a result for the parent"))?;
-        self.access = Access::CopyOnWrite;
-        Ok(Some(fd))
-    }
-
-    /// Like `hand_over`, for a block whose array is about to move to other
-    /// memory (see `shared_array::hand_over`): shrinks the file, parks this
-    /// process's mapping of it (`pool::park`: left mapped, unused, and
-    /// unmapped with the others when the pool stops or the process exits)
-    /// and returns the file. The segment no longer owns a mapping: it must
-    /// be forgotten, not dropped. `None` for any other segment.
-    pub fn park_for_hand_over(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
-        let Some(fd) = self.detach_for_parent(bytes)? else {
-            return Ok(None);
-        };
-        pool::park(self.ptr.as_ptr() as usize, self.len);
-        Ok(Some(fd))
-    }
-
-    /// What both hand-overs start with: takes the block's file out of the
-    /// pool (only in the pool's own process: a process forked from it must
-    /// never shrink or send it), and shrinks file and mapping to the first
-    /// `bytes`, page-rounded (the tail was never written by this array, so
-    /// unmapping it is cheap). `None` when this is not such a block.
-    fn detach_for_parent(&mut self, bytes: usize) -> Result<Option<OwnedFd>> {
-        let Some(fd) = self
-            .lease
-            .as_mut()
-            .filter(|lease| lease.is_mine())
-            .and_then(Lease::take_fd)
-        else {
-            return Ok(None);
-        };
-        drop(self.lease.take());
-        let keep = bytes.div_ceil(page_size()) * page_size();
-        if keep < self.len {
-            sys::ftruncate(&fd, keep as libc::off_t)
-                .map_err(|e| Error::os(e, "shrinking a result for the parent"))?;
-            // SAFETY: the tail of our own mapping, past what the array uses.
-            unsafe { unmap(self.ptr.as_ptr() as usize + keep, self.len - keep) };
-            self.len = keep;
-        }
-        Ok(Some(fd))
-    }
-
-    /// True for a mapping of a worker's pool that has not been handed over.
-    pub fn is_pooled(&self) -> bool {
-        self.lease.is_some()
     }
 
     pub fn access(&self) -> Access {
@@ -446,99 +353,8 @@ fn mapping_count() -> Option<(usize, usize)> {
     Some((count, limit))
 }
 
-/// The size of the file behind `fd`, and whether it is a regular file.
-pub fn file_size(fd: &impl AsFd, what: &str) -> Result<(usize, bool)> {
-    let stat = sys::fstat(fd).map_err(|e| Error::os(e, format!("reading the size of {what}")))?;
-    let size = usize::try_from(stat.st_size)
-        .map_err(|_| Error::Format(format!("{what} has a negative size")))?;
-    Ok((size, stat.st_mode & libc::S_IFMT == libc::S_IFREG))
-}
-
-/// Writes all of `data` to `fd` at `offset` (`pwrite`, retried on EINTR
-/// and short writes).
-pub fn write_all_at(fd: &impl AsFd, data: &[u8], offset: u64) -> sys::SysResult<()> {
-    let mut done = 0;
-    while done < data.len() {
-        let at = libc::off_t::try_from(offset + done as u64).map_err(|_| Errno::EFBIG)?;
-        match sys::pwrite(fd, &data[done..], at) {
-            Ok(n) => done += n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Fills `buf` from `fd` at `offset` (`pread`, retried on EINTR and short
-/// reads) up to the end of the file; returns the bytes read.
-pub fn read_at(fd: &impl AsFd, buf: &mut [u8], offset: u64) -> sys::SysResult<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let at = libc::off_t::try_from(offset + done as u64).map_err(|_| Errno::EFBIG)?;
-        match sys::pread(fd, &mut buf[done..], at) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
 pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size).unwrap_or(4096)
-}
-
-/// Sizes `fd` to `len` bytes and allocates every block, so that a full tmpfs
-/// or memory limit is reported now, as an exception naming the size.
-pub fn reserve(fd: &OwnedFd, len: usize, place: &str) -> Result<()> {
-    memfd::check_file_size_limit(len, &reserving(len, place))?;
-    let off =
-        libc::off_t::try_from(len).map_err(|_| Error::os(Errno::EFBIG, reserving(len, place)))?;
-    sys::ftruncate(fd, off).map_err(|e| Error::os(e, reserving(len, place)))?;
-    allocate_range(fd, 0, len as u64, len, place)
-}
-
-/// Allocates the blocks of `fd` in `offset..offset + len`; `bytes` and
-/// `place` name the request in the error.
-pub fn allocate_range(
-    fd: &OwnedFd,
-    offset: u64,
-    len: u64,
-    bytes: usize,
-    place: &str,
-) -> Result<()> {
-    let to_off_t = |n: u64| {
-        libc::off_t::try_from(n).map_err(|_| Error::os(Errno::EFBIG, reserving(bytes, place)))
-    };
-    let (offset, len) = (to_off_t(offset)?, to_off_t(len)?);
-    sys::posix_fallocate(fd, offset, len).map_err(|e| Error::os(e, reserving(bytes, place)))
-}
-
-fn reserving(bytes: usize, place: &str) -> String {
-    format!(
-        "reserving {} of shared memory ({place})",
-        human_bytes(bytes)
-    )
-}
-
-pub fn io_error(err: std::io::Error, context: impl Into<String>) -> Error {
-    Error::os(Errno::of(&err), context)
-}
-
-/// "8 bytes", "1.5 GiB": sizes in messages.
-pub fn human_bytes(len: usize) -> String {
-    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if len < 1024 {
-        return format!("{len} bytes");
-    }
-    let mut value = len as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {} ({len} bytes)", UNITS[unit])
 }

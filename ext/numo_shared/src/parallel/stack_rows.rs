@@ -2,14 +2,8 @@
 //!
 //! The target array keeps its memfd's descriptor for the length of the map
 //! (workers inherit it), and a worker writes each row its block returns into
-//! that file (`pwrite`), which faults no page of the worker's mapping: on the
-//! project's machine about 2 ms per 8 MB row, against 12 to 16 ms to populate
-//! the mapping's fresh pages and copy into them. The row itself is left as
-//! it is: its memory goes back to the pool when it is collected. (Pointing
-//! it at a private mapping of the stored row to free its block at once was
-//! tried and dropped: a private page not yet written is the file's page, so
-//! the row changed when the target was written later, and processes forked
-//! during the item still mapped the block.)
+//! that file (`pwrite`), which faults no page of the worker's mapping: the
+//! row is copied once, as a result of `map` is (see `export`).
 
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, MutexGuard};
@@ -17,8 +11,10 @@ use std::sync::{Mutex, MutexGuard};
 use magnus::{rb_sys::AsRawValue, RArray, RClass, Ruby, Value};
 
 use crate::error::Result;
-use crate::segment::{self, Segment};
-use crate::shared_array;
+use crate::memory::file;
+use crate::memory::segment::Segment;
+use crate::numo::facts;
+use crate::numo::plan;
 
 /// The descriptors of targets being filled: (segment serial, memfd).
 static FILES: Mutex<Vec<(u64, OwnedFd)>> = Mutex::new(Vec::new());
@@ -31,7 +27,7 @@ fn files() -> MutexGuard<'static, Vec<(u64, OwnedFd)>> {
 /// array, as `create` makes it, whose memfd stays open until
 /// `release_stack_target`.
 pub fn create_target(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value> {
-    let plan = shared_array::plan(ruby, klass, shape)?;
+    let plan = plan::plan(ruby, klass, shape)?;
     if plan.bytes == 0 {
         return plan.wrap(klass, None);
     }
@@ -45,7 +41,7 @@ pub fn create_target(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value>
 /// `Numo::Shared::Native.release_stack_target(target)`: closes the memfd
 /// `create_stack_target` kept (in this process). True if there was one.
 pub fn release_target(target: Value) -> bool {
-    let Some(target) = shared_array::location(target) else {
+    let Some(target) = facts::location(target) else {
         return false;
     };
     let mut files = files();
@@ -62,13 +58,13 @@ pub fn release_target(target: Value) -> bool {
 /// row; false leaves the target untouched, for Numo's own store (which
 /// casts, and raises for a freed array).
 pub fn store_row(target: Value, offset: usize, bytes: usize, row: Value) -> bool {
-    let Some(to) = shared_array::location(target) else {
+    let Some(to) = facts::location(target) else {
         return false;
     };
     let (Some(to_facts), Some(from_facts), Some(data)) = (
-        shared_array::export_facts(target),
-        shared_array::export_facts(row),
-        shared_array::data_bytes_of(row),
+        facts::facts_of(target),
+        facts::facts_of(row),
+        facts::data_bytes_of(row),
     ) else {
         return false;
     };
@@ -82,7 +78,7 @@ pub fn store_row(target: Value, offset: usize, bytes: usize, row: Value) -> bool
         || data.len() != bytes
         || from_facts.element_bytes.is_none()
         || from_facts.flags != to_facts.flags
-        || shared_array::location(row).is_some_and(|from| from.serial == to.serial)
+        || facts::location(row).is_some_and(|from| from.serial == to.serial)
     {
         return false;
     }
@@ -93,5 +89,5 @@ pub fn store_row(target: Value, offset: usize, bytes: usize, row: Value) -> bool
     files
         .iter()
         .find(|(serial, _)| *serial == to.serial)
-        .is_some_and(|(_, fd)| segment::write_all_at(fd, data, (to.offset + offset) as u64).is_ok())
+        .is_some_and(|(_, fd)| file::write_all_at(fd, data, (to.offset + offset) as u64).is_ok())
 }

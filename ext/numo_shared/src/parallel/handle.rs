@@ -137,7 +137,7 @@ impl Handle {
         };
         let token = reader.u64().ok_or_else(damaged)?;
         let [kind, flags, ndim] = reader.bytes::<3>().ok_or_else(damaged)?;
-        if ndim as usize > crate::shape::MAX_DIMENSIONS {
+        if ndim as usize > crate::numo::shape::MAX_DIMENSIONS {
             return Err(damaged());
         }
         let shape = (0..ndim)
