@@ -300,3 +300,10 @@ pub fn getrandom(buf: &mut [u8]) -> SysResult<()> {
         Err(Errno::last())
     }
 }
+
+/// The size of a memory page.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}

@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::error::{human_bytes, Error, Result};
-use crate::memory::memfd;
+use crate::memory::limits;
 use crate::sys::{self, Errno};
 
 /// The size of the file behind `fd`, and whether it is a regular file.
@@ -49,7 +49,7 @@ pub fn read_at(fd: &impl AsFd, buf: &mut [u8], offset: u64) -> sys::SysResult<us
 /// Sizes `fd` to `len` bytes and allocates every block, so that a full tmpfs
 /// or memory limit is reported now, as an exception naming the size.
 pub fn reserve(fd: &OwnedFd, len: usize, place: &str) -> Result<()> {
-    memfd::check_file_size_limit(len, &reserving(len, place))?;
+    limits::check_file_size_limit(len, &reserving(len, place))?;
     let off =
         libc::off_t::try_from(len).map_err(|_| Error::os(Errno::EFBIG, reserving(len, place)))?;
     sys::ftruncate(fd, off).map_err(|e| Error::os(e, reserving(len, place)))?;

@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod header;
+pub mod limits;
 pub mod memfd;
 pub mod named;
 pub mod pid;

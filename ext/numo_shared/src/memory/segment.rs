@@ -16,9 +16,10 @@ use std::sync::Mutex;
 
 use crate::error::{human_bytes, Error, Result};
 use crate::memory::file;
+use crate::memory::limits;
 use crate::memory::memfd;
 use crate::memory::pid;
-use crate::sys::Errno;
+use crate::sys::{self, Errno};
 
 /// How a segment maps its file.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -140,9 +141,9 @@ impl Segment {
     /// `anonymous`, with the memfd's descriptor, which mapping does not need
     /// (Numo::Parallel.stack's workers write rows into the file).
     pub fn anonymous_keeping_file(len: usize) -> Result<(Segment, OwnedFd)> {
-        memfd::check_available(len, "shared memory (memfd)")?;
+        limits::check_available(len, "shared memory (memfd)")?;
         let fd = memfd::create(c"numo-shared", len, "shared memory (memfd)")?;
-        if memfd::strict_overcommit() {
+        if limits::strict_overcommit() {
             file::allocate_range(&fd, 0, len as u64, len, "memfd")?;
         }
         let segment = Self::map_fd(&fd, 0, len, "shared memory (memfd)", Access::Shared)?;
@@ -222,7 +223,7 @@ impl Segment {
                 "a reference to {len} bytes at offset {offset} does not fit a shared array of {total} bytes"
             )));
         }
-        let page = page_size();
+        let page = sys::page_size();
         let start = offset / page * page;
         let span = (offset - start + len).div_ceil(page) * page;
         let span = span.min(total - start);
@@ -351,10 +352,4 @@ fn mapping_count() -> Option<(usize, usize)> {
     let n = std::io::Read::read(&mut &limit, &mut buf).ok()?;
     let limit = std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()?;
     Some((count, limit))
-}
-
-pub fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
 }

@@ -334,7 +334,7 @@ pub fn populate(obj: Value, offset: usize, len: usize) -> bool {
     let Some(to) = from.checked_add(len).filter(|&t| t <= end) else {
         return false;
     };
-    let page = segment::page_size();
+    let page = crate::sys::page_size();
     let (first, last) = (from / page * page, to.div_ceil(page) * page);
     // SAFETY: a range of our own live mapping; populating has no other effect.
     unsafe { segment::populate(first, last.min(end) - first) }

@@ -26,6 +26,7 @@ static VIEW_TYPE: AtomicPtr<rb_data_type_t> = AtomicPtr::new(std::ptr::null_mut(
 /// the view's offset into them, and per dimension a stride, or (for the
 /// dimensions whose bit is set in `index_mask`) an index table. Offsets and
 /// strides count bytes, or bits for `Numo::Bit`.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Geometry {
     pub serial: u64,
     pub data_offset: usize,

@@ -135,12 +135,7 @@ fn reference(obj: Value, facts: &ArrayFacts, arena: &Shared) -> Option<Place> {
             (arena.region.as_ref()?.pack(&tables)?, tables.len() as u64)
         };
         return Some(Place::View {
-            serial: geometry.serial,
-            data_offset: geometry.data_offset as u64,
-            data_bytes: geometry.data_bytes as u64,
-            view_offset: geometry.offset as u64,
-            index_mask: geometry.index_mask,
-            strides: geometry.strides.iter().map(|&s| s as i64).collect(),
+            geometry,
             tables_offset,
             tables_len,
         });

@@ -17,6 +17,7 @@
 //!   of the array it looks into (index tables packed in the region).
 
 use crate::error::{Error, Result};
+use crate::numo::view::Geometry;
 
 /// Starts every handle. Numo's own marshal data is an Array, never a String.
 pub const MAGIC: &[u8; 8] = b"NUMOSHR\x02";
@@ -45,13 +46,8 @@ pub enum Place {
         offset: u64,
     },
     View {
-        serial: u64,
-        data_offset: u64,
-        data_bytes: u64,
-        view_offset: u64,
-        /// Bit `d` set: dimension `d` is indexed by a table, not a stride.
-        index_mask: u64,
-        strides: Vec<i64>,
+        geometry: Geometry,
+        /// Where the view's index tables are packed in the region.
         tables_offset: u64,
         tables_len: u64,
     },
@@ -97,25 +93,16 @@ impl Handle {
                 put(*offset);
             }
             Place::View {
-                serial,
-                data_offset,
-                data_bytes,
-                view_offset,
-                index_mask,
-                strides,
+                geometry: g,
                 tables_offset,
                 tables_len,
             } => {
-                for n in [
-                    *serial,
-                    *data_offset,
-                    *data_bytes,
-                    *view_offset,
-                    *index_mask,
-                ] {
+                for n in [g.serial, g.data_offset as u64, g.data_bytes as u64] {
                     put(n);
                 }
-                for &stride in strides {
+                put(g.offset as u64);
+                put(g.index_mask);
+                for &stride in &g.strides {
                     put(stride as u64);
                 }
                 put(*tables_offset);
@@ -167,18 +154,23 @@ impl Handle {
                 offset: next()?,
             },
             VIEW => {
-                let [serial, data_offset, data_bytes, view_offset, index_mask] =
-                    [next()?, next()?, next()?, next()?, next()?];
+                let serial = next()?;
+                let [data_offset, data_bytes, offset] =
+                    [next()?, next()?, next()?].map(|n| usize::try_from(n).map_err(|_| damaged()));
+                let (data_offset, data_bytes, offset) = (data_offset?, data_bytes?, offset?);
+                let index_mask = next()?;
                 let strides = (0..ndim)
-                    .map(|_| next().map(|s| s as i64))
+                    .map(|_| next().map(|s| s as i64 as isize))
                     .collect::<Result<Vec<_>>>()?;
                 Place::View {
-                    serial,
-                    data_offset,
-                    data_bytes,
-                    view_offset,
-                    index_mask,
-                    strides,
+                    geometry: Geometry {
+                        serial,
+                        data_offset,
+                        data_bytes,
+                        offset,
+                        index_mask,
+                        strides,
+                    },
                     tables_offset: next()?,
                     tables_len: next()?,
                 }
@@ -254,12 +246,14 @@ mod tests {
         );
         round_trip(
             Place::View {
-                serial: 1,
-                data_offset: 0,
-                data_bytes: 800,
-                view_offset: 8,
-                index_mask: 0b10,
-                strides: vec![-16, 0],
+                geometry: Geometry {
+                    serial: 1,
+                    data_offset: 0,
+                    data_bytes: 800,
+                    offset: 8,
+                    index_mask: 0b10,
+                    strides: vec![-16, 0],
+                },
                 tables_offset: 128,
                 tables_len: 24,
             },

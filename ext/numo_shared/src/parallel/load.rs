@@ -73,12 +73,7 @@ pub fn load_handle(obj: Value, data: Value) -> Result<Option<Value>> {
             }
         }
         Place::View {
-            serial,
-            data_offset,
-            data_bytes,
-            view_offset,
-            index_mask,
-            strides,
+            geometry,
             tables_offset,
             tables_len,
         } => {
@@ -86,14 +81,6 @@ pub fn load_handle(obj: Value, data: Value) -> Result<Option<Value>> {
                 &[][..]
             } else {
                 region_of(&arena)?.read(tables_offset, tables_len)?
-            };
-            let geometry = view::Geometry {
-                serial,
-                data_offset: data_offset as usize,
-                data_bytes: data_bytes as usize,
-                offset: view_offset as usize,
-                index_mask,
-                strides: strides.iter().map(|&s| s as isize).collect(),
             };
             view::claim(&plan, obj, &geometry, tables)?
         }

@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
+use crate::memory::limits;
 use crate::memory::memfd;
 use crate::memory::pid;
 use crate::memory::segment;
@@ -48,7 +49,7 @@ unsafe impl Sync for Region {}
 impl Region {
     /// A new region, as large as the limits allow; `None` if none can be made.
     pub fn create() -> Option<Region> {
-        let fsize = memfd::file_size_limit().unwrap_or(u64::MAX);
+        let fsize = limits::file_size_limit().unwrap_or(u64::MAX);
         SIZES
             .iter()
             .filter(|&&len| len as u64 <= fsize)

@@ -8,7 +8,7 @@ use magnus::{prelude::*, RArray, RClass, RString, Ruby, Value};
 
 use crate::error::{human_bytes, Error, Result};
 use crate::memory::file;
-use crate::memory::segment::{self, Access, Segment};
+use crate::memory::segment::{Access, Segment};
 use crate::numo::plan::{self, Plan};
 use crate::sys::{self, Errno};
 
@@ -144,7 +144,7 @@ impl Request<'_> {
                 plan.bytes
             )));
         }
-        let page = segment::page_size();
+        let page = crate::sys::page_size();
         let map_start = start / page * page;
         let segment = if plan.bytes == 0 {
             None
