@@ -10,6 +10,9 @@
 #   (e) the same work, the block returns nil
 #   (f) an image pipeline: 200 UInt8[210,160,3] frames computed through DFloat
 #       math, each returned in a Hash with a grey image and a score
+#   (g) feature extraction: 64 items, each through 1 MiB temporaries made
+#       from views of a DFloat[128,1024], returning a Hash of a 256 KiB
+#       array, two small ones and an Integer
 # Every variant runs the same block: Parallel.map (Marshal through pipes),
 # Numo::Parallel.map, and the baseline, the plain gem's Parallel.each whose
 # workers compute the same values and return nothing. The cases and variants
@@ -18,11 +21,13 @@
 # machine hits all of them alike. Wall time is the median over the rounds of
 # the call alone; peak RSS is the parent's high-water mark (VmHWM, reset before
 # each call) above its RSS before the call, after it has read every result.
+# The machine's page costs (bench/page_costs.c) are printed first: they
+# decide most of what moving a result costs, and differ between machines.
 #
 #   bundle exec rake bench:parallel          (RUNS=7 by default)
 
 require "json"
-require "numo/shared"
+require "numo/parallel" # numo/shared, the parallel gem and Numo::Parallel
 require_relative "chart"
 require_relative "support"
 
@@ -51,6 +56,17 @@ def image_pipeline(index)
   { frame: Numo::UInt8.cast(img), grey: Numo::SFloat.cast(grey), score: grey.mean }
 end
 
+def features(index)
+  Numo::NArray.srand(index)
+  x = Numo::DFloat.new(128, 1024).rand
+  left = x[true, 0...512]
+  right = x[true, 512..]
+  diff = (left - right).abs
+  scaled = Numo::NMath.sqrt((x * x) + 1)
+  norm = scaled / scaled.sum(axis: 1).expand_dims(1)
+  { mean: norm.mean(axis: 0), diff: diff.sum(axis: 1), top: norm[true, 0...256].dup, index: }
+end
+
 CASES = [
   Case.new(key: "a", title: "(a) 64 x UInt8[210,160,3]", items: 64, compute: method(:frame)),
   Case.new(key: "b", title: "(b) 16 x DFloat[1000,1000]", items: 16,
@@ -61,7 +77,9 @@ CASES = [
   Case.new(key: "e", title: "(e) 16 x temporaries, block returns nil", items: 16,
            compute: ->(i) { temporaries(i) && nil }),
   Case.new(key: "f", title: "(f) 200 x image pipeline, results in Hashes", items: 200,
-           compute: method(:image_pipeline))
+           compute: method(:image_pipeline)),
+  Case.new(key: "g", title: "(g) 64 x features through 1 MiB temporaries and views, results in Hashes", items: 64,
+           compute: method(:features))
 ].freeze
 
 def variants(kase)
@@ -103,6 +121,8 @@ def measure(call)
   [elapsed, Bench.peak_rss - rss_before, sum]
 end
 
+puts Bench.page_costs
+puts
 runs = Integer(ENV.fetch("RUNS", 7))
 only = ENV["CASES"]&.chars
 cases = CASES.select { |c| only.nil? || only.include?(c.key) }

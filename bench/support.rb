@@ -78,6 +78,19 @@ module Bench
   end
 
   # This process's resident set and its high-water mark, in bytes.
+  # The page costs of this machine and what handing a result over costs
+  # each way, measured by bench/page_costs.c (compiled here into tmp/):
+  # its report, to print beside every table.
+  def page_costs(rounds: 7)
+    source = File.expand_path("page_costs.c", __dir__)
+    binary = File.expand_path("../tmp/page_costs", __dir__)
+    FileUtils.mkdir_p(File.dirname(binary))
+    unless File.exist?(binary) && File.mtime(binary) >= File.mtime(source)
+      system("cc", "-O2", "-o", binary, source, exception: true)
+    end
+    IO.popen([binary, rounds.to_s], &:read)
+  end
+
   def rss = status_kib("VmRSS") * 1024
   def peak_rss = status_kib("VmHWM") * 1024
 

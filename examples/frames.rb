@@ -8,7 +8,7 @@
 #
 #   bundle exec ruby -Ilib examples/frames.rb
 
-require "numo/shared"
+require "numo/parallel" # numo/shared, the parallel gem and Numo::Parallel
 
 EPISODES = 24
 STEPS = 40 # frames per episode

@@ -11,7 +11,7 @@
 #
 #   BUNDLE_GEMFILE=gemfiles/rumale.gemfile bundle exec ruby -Ilib examples/rumale_grid_search.rb
 
-require "numo/shared"
+require "numo/parallel" # numo/shared, the parallel gem and Numo::Parallel
 require "rumale"
 
 SAMPLES = 6_000

@@ -13,7 +13,7 @@ RSpec.describe "the gem's files" do
     locks = Dir.chdir(root) { Dir["Cargo.*.lock"] }
     expect(locks).to include("Cargo.debian.lock")
     expect(files).to include(*locks, "Cargo.toml", "ext/numo_shared/Cargo.toml", "ext/numo_shared/extconf.rb",
-                             *Dir.chdir(root) { Dir["ext/numo_shared/src/*.rs", "lib/**/*.rb"] })
+                             *Dir.chdir(root) { Dir["ext/numo_shared/src/**/*.rs", "lib/**/*.rb"] })
     expect(files).not_to include("Cargo.lock") # made from the route's lock when the gem is built
   end
 

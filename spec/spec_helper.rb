@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-require "numo/shared"
+require "numo/parallel" # numo/shared, the parallel gem and Numo::Parallel: the suite uses all three
 require "timeout"
 require_relative "support/gc_helpers"
 require_relative "support/process_helpers"

@@ -41,6 +41,10 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("populate", function!(shared_array::populate, 3))?;
     native.define_module_function("layout_mismatch", function!(layout_mismatch, 3))?;
     native.define_module_function("typed_data_layout", function!(typed_data_layout, 0))?;
+    native.define_module_function(
+        "typed_data_check",
+        function!(installed::recheck_typed_data, 0),
+    )?;
     native.define_module_function("create_named", function!(named::create, 3))?;
     native.define_module_function("open_named", function!(named::open, 2))?;
     native.define_module_function("unlink_named", function!(named::unlink, 1))?;

@@ -17,6 +17,13 @@ pub fn typed_data_layout() -> Option<&'static str> {
     LAYOUT_NAME.get().copied()
 }
 
+/// The check of `typed_data` that ran at load, run again on a fresh probe:
+/// nil when the module reads and writes what Ruby does, else what differs.
+pub fn recheck_typed_data(ruby: &Ruby) -> Option<String> {
+    let numo: RModule = ruby.class_object().const_get("Numo").ok()?;
+    check_typed_data(ruby, numo).err()
+}
+
 /// Refuses to load on a Ruby whose typed-data layout is unknown (a
 /// `LoadError` naming its version), and against a numo-narray whose version
 /// or struct layout differs from the mirror in `layout.rs`

@@ -186,3 +186,29 @@ pub unsafe fn check_on(
     set_data(probe, data);
     (!seen).then(|| "a type and pointer written are not what Ruby reads back".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knows_ruby_3_1_to_4_0_and_refuses_the_others_naming_them() {
+        for version in ["3.1.2", "3.2.9", "3.3.8", "3.4.11"] {
+            assert_eq!(select(version), Ok("Ruby 3.1-3.4 (type, typed_flag, data)"));
+            assert_eq!(layout(), CLASSIC);
+        }
+        assert_eq!(
+            select("4.0.0"),
+            Ok("Ruby 4.0 (fields_obj, flagged type, data)")
+        );
+        assert_eq!(layout(), WITH_FIELDS);
+        for version in ["3.0.7", "4.1.0", "5.0.0"] {
+            let refused = select(version).unwrap_err();
+            assert!(
+                refused.contains(&format!("this is Ruby {version}")),
+                "{refused}"
+            );
+        }
+        assert!(select("three").is_err());
+    }
+}
