@@ -176,6 +176,58 @@ RSpec.describe "Numo::Parallel results" do
     end
   end
 
+  describe "and the parent's memory" do
+    it "are held once by the parent: a small result's region pages go once it is copied out" do
+      out = run_ruby(<<~RUBY)
+        def kib(key) = File.read("/proc/self/status")[/^\#{key}:\\s+(\\d+)/, 1].to_i
+        GC.start
+        before = kib("VmRSS")
+        r = Numo::Parallel.map(0...2000, in_processes: 2) { |i| Numo::DFloat.new(4096).fill(i) } # 32 KiB each
+        ok = r.each_with_index.all? { |a, i| a[0] == i && a[-1] == i }
+        p [ok, kib("VmHWM") - before]
+      RUBY
+      ok, peak_kib = eval(out) # rubocop:disable Security/Eval -- the numbers printed above
+      results_kib = 2000 * 32
+      expect(ok).to be(true)
+      # Copied out of the region and its pages given back, each result is
+      # held once: 62.5 MiB of results, and the parent's peak stays within
+      # 25 % of that (twice, before the region's pages were given back).
+      expect(peak_kib).to be < (results_kib * 1.25)
+    end
+
+    it "still arrive in a parent that has used every descriptor of its limit, as with the gem" do
+      out = run_ruby(<<~RUBY)
+        Process.setrlimit(:NOFILE, 64)
+        hold = []
+        fill = ->(*) { loop { hold << File.open("/dev/null") } rescue nil } # the parent's own files, up to the limit
+        r = Numo::Parallel.map([1, 2], in_processes: 2, start: fill) { |i| Numo::DFloat.new(100_000).fill(i) }
+        p [r.map { |a| a[0] }, r.all?(&:shared?), hold.size > 30]
+      RUBY
+      expect(out).to eq("[[1.0, 2.0], true, true]\n")
+    end
+  end
+
+  describe "and other dumps in the worker" do
+    it "leave a Marshal.dump of something else between the item's end and the gem's dump to Numo's data" do
+      Dir.mktmpdir do |dir|
+        results = Numo::Parallel.map([1, 2], opts) do |x|
+          log = Numo::DFloat.new(20).fill(x) # the worker's own array, dumped by a TracePoint
+          TracePoint.new(:c_return) do |tp|
+            next unless tp.method_id == :arm_exports
+
+            tp.disable
+            File.binwrite(File.join(dir, x.to_s), Marshal.dump(log))
+          end.enable
+          Numo::DFloat.new(3).fill(x)
+        end
+        expect(results).to eq([Numo::DFloat[1, 1, 1], Numo::DFloat[2, 2, 2]])
+        %w[1 2].each do |x|
+          expect(Marshal.load(File.binread(File.join(dir, x)))).to eq(Numo::DFloat.new(20).fill(x.to_i)) # rubocop:disable Security/MarshalLoad
+        end
+      end
+    end
+  end
+
   describe "loaded with Numo's own marshal data" do
     # A process whose address space is limited to what it uses now plus
     # +room+ bytes, loading a 60 MB DFloat's marshal data: Marshal.load

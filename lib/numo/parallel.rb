@@ -24,6 +24,20 @@ module Numo
   #   frames = Numo::Parallel.map(0...8, in_processes: 2) { |i| Numo::UInt8.new(210, 160, 3).fill(i) }
   #   frames.map(&:shared?).all? # => true
   module Parallel
+    # The parallel gem's classes, so that code written for it runs with
+    # +Parallel+ replaced by +Numo::Parallel+: raise Numo::Parallel::Break
+    # (with a value) to stop a call and return the value, Kill to stop it and
+    # kill the other workers; DeadWorker is raised when a worker dies.
+    Break = ::Parallel::Break
+    # See Break.
+    Kill = ::Parallel::Kill
+    # See Break.
+    DeadWorker = ::Parallel::DeadWorker
+    # A lambda source returns it to say that there are no more items.
+    Stop = ::Parallel::Stop
+    # The gem's exception for a worker's exception that Marshal cannot dump.
+    UndumpableException = ::Parallel::UndumpableException
+
     # The iteration methods of the parallel gem that take a block per item.
     ITERATION_METHODS = %i[map each map_with_index each_with_index flat_map filter_map any? all?].freeze
 
@@ -116,6 +130,32 @@ module Numo
         ::Parallel.in_threads(...)
       end
 
+      # {::Parallel.processor_count}: how many workers +in_processes:+
+      # defaults to.
+      #
+      # @example
+      #   Numo::Parallel.processor_count.positive? # => true
+      def processor_count
+        ::Parallel.processor_count
+      end
+
+      # {::Parallel.physical_processor_count}.
+      #
+      # @example
+      #   Numo::Parallel.physical_processor_count.positive? # => true
+      def physical_processor_count
+        ::Parallel.physical_processor_count
+      end
+
+      # {::Parallel.worker_number}: in a worker process (of a call or of a
+      # {Pool}), its index; nil elsewhere.
+      #
+      # @example
+      #   Numo::Parallel.map([0, 1], in_processes: 2) { Numo::Parallel.worker_number }.sort # => [0, 1]
+      def worker_number
+        ::Parallel.worker_number
+      end
+
       # One shared array of shape +[n, *shape]+ whose row +i+ holds the
       # block's value for the +i+th item, written by the worker directly into
       # the parent's memory. Options are those of {::Parallel.each}.
@@ -185,14 +225,14 @@ module Numo
       end
 
       # The block the gem runs. In a worker, after each item whose value
-      # the gem sends back, the gem's Marshal.dump of that value exports
-      # its NArrays (see ResultDump).
+      # the gem sends back, the gem's Marshal.dump of that very value
+      # exports its NArrays (see ResultDump).
       def worker_block(arena, block, returns)
         lambda do |*item|
           return block.call(*item) unless ResultDump.enter(arena) # the parent itself: threads, or no workers
 
           result = block.call(*item)
-          arena.arm_exports(true) if returns
+          arena.arm_exports(result) if returns
           result
         end
       end

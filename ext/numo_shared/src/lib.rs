@@ -16,7 +16,8 @@ mod sys;
 use magnus::{function, method, prelude::*, rb_sys::AsRawValue, RClass, RModule, Ruby, Value};
 
 use crate::numo::{guards, installed, layout, marshal, shared_array};
-use crate::parallel::{arena::Arena, export, load, stack_rows, worker};
+use crate::parallel::link::Link;
+use crate::parallel::{arena::Arena, export, exporting, load, stack_rows, worker};
 use crate::ruby_api::{memmap, named, new_shared};
 
 #[magnus::init]
@@ -30,6 +31,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
 
     installed::check(ruby, numo)?;
     memory::pid::watch_forks();
+    exporting::register_root();
 
     let native = shared.define_module("Native")?;
     native.define_module_function("create", function!(new_shared::create, 2))?;
@@ -55,8 +57,8 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     // the parent's loading of one, and where a worker's Marshal.dump is.
     native.define_module_function("export", function!(export::export, 1))?;
     native.define_module_function("load_handle", function!(load::load_handle, 2))?;
-    native.define_module_function("dump_begins", function!(worker::dump_begins, 0))?;
-    native.define_module_function("dump_ends", function!(worker::dump_ends, 0))?;
+    native.define_module_function("dump_begins", function!(exporting::dump_begins, 1))?;
+    native.define_module_function("dump_ends", function!(exporting::dump_ends, 0))?;
     // Numo::Parallel.stack: its target, and a worker's store of a row.
     native.define_module_function(
         "create_stack_target",
@@ -75,11 +77,24 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     arena.define_method("token", method!(Arena::token, 0))?;
     arena.define_method("enter_worker", method!(worker::enter, 0))?;
     arena.define_method("arm_exports", method!(arm_exports, 1))?;
+    arena.define_method("disarm_exports", method!(disarm_exports, 0))?;
     arena.define_method("claims?", method!(Arena::has_claims, 0))?;
     arena.define_method("claim_item", method!(Arena::claim_item, 1))?;
     arena.define_method("items_claimed", method!(Arena::items_claimed, 0))?;
     arena.define_method("stop_claims", method!(Arena::stop_claims, 1))?;
     arena.define_method("claims_stopped", method!(Arena::claims_stopped, 0))?;
+    arena.define_method("reset", method!(Arena::reset, 0))?;
+    arena.define_method("keep_files", method!(Arena::keep_files, 1))?;
+
+    // Numo::Parallel::Pool: what it shares with one worker.
+    let link = shared.define_class("WorkerLink", ruby.class_object())?;
+    link.define_singleton_method("new", function!(Link::new, 1))?;
+    link.define_method("in_parent", method!(Link::in_parent, 0))?;
+    link.define_method("in_worker", method!(Link::in_worker, 1))?;
+    link.define_method("arm_items", method!(Link::arm_items, 1))?;
+    link.define_method("forgotten", method!(Link::forgotten, 0))?;
+    link.define_method("forget", method!(Link::forget, 1))?;
+    link.define_method("close", method!(Link::close, 0))?;
 
     // Every shared array is extended with it (see numo/guards.rs).
     let reinit = shared.define_module("Reinitialization")?;
@@ -95,9 +110,14 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     Ok(())
 }
 
-/// `arena.arm_exports(armed)` (see `parallel::worker::arm`).
-fn arm_exports(_arena: &Arena, armed: bool) {
-    worker::arm(armed);
+/// `arena.arm_exports(value)` (see `parallel::worker::arm_results`).
+fn arm_exports(_arena: &Arena, value: Value) {
+    worker::arm_results(value.as_raw());
+}
+
+/// `arena.disarm_exports`: no dump exports until the next arming.
+fn disarm_exports(_arena: &Arena) {
+    exporting::arm(None);
 }
 
 /// `Numo::Shared::Native.typed_data_layout`: how this Ruby's typed-data

@@ -12,6 +12,7 @@ pub struct Errno(pub i32);
 
 impl Errno {
     pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const EAGAIN: Errno = Errno(libc::EAGAIN);
     pub const EBADMSG: Errno = Errno(libc::EBADMSG);
     pub const EEXIST: Errno = Errno(libc::EEXIST);
     pub const EFBIG: Errno = Errno(libc::EFBIG);
@@ -288,6 +289,30 @@ pub fn receive_with_fd(socket: RawFd, buf: &mut [u8], nonblocking: bool) -> SysR
             truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
         })
     }
+}
+
+/// Waits until `fd` can be read (or is shut down), retried when a signal
+/// interrupts the wait.
+pub fn wait_readable(fd: RawFd) -> SysResult<()> {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one pollfd, live for the call.
+        match check(unsafe { libc::poll(&mut poll, 1, -1) }) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(errno),
+        }
+    }
+}
+
+/// `/dev/null`, read-only: a descriptor held in reserve, to be closed so
+/// that a descriptor about to arrive finds a free slot.
+pub fn spare_descriptor() -> Option<OwnedFd> {
+    open(c"/dev/null", libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()
 }
 
 /// `getrandom(2)` into `buf`.

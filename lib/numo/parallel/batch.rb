@@ -39,21 +39,21 @@ module Numo
         return if @values.size == @sealed
 
         begin
-          arena.arm_exports(true)
+          arena.arm_exports(@values.last)
           @values[-1] = Marshal.dump(@values.last)
         rescue StandardError => e
           warn e.full_message
           exit 1
         ensure
-          arena.arm_exports(false)
+          arena.disarm_exports
         end
         @sealed = @values.size
       end
 
-      # Readies the last value for the gem's Marshal.dump of the batch: its
+      # Readies the last value for the gem's Marshal.dump of this batch: its
       # arrays are exported (the sealed values are Strings by then).
       def close(arena)
-        arena.arm_exports(@values.size != @sealed)
+        @values.size == @sealed ? arena.disarm_exports : arena.arm_exports(self)
       end
 
       def marshal_dump

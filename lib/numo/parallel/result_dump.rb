@@ -2,16 +2,18 @@
 
 module Numo
   module Parallel
-    # Tells the extension, in a worker process, where each Marshal.dump
-    # begins and ends, so that an NArray is exported (passed by reference, or
-    # copied once into memory the parent maps) only when it is part of the
-    # value the parallel gem is marshaling: after an item, the worker arms
-    # the export (Arena#arm_exports); the next outermost Marshal.dump of that
-    # thread is the gem's, and the NArrays it writes itself are exported. A
-    # Marshal.dump that an object's own +marshal_dump+ makes inside it, any
-    # dump after that one ended, and another thread's dumps write Numo's own
-    # data, as without this gem. Prepended to Marshal's singleton class in a
-    # worker when it runs its first item; no other process has it.
+    # Tells the extension, in a process that sends values to another
+    # (a worker, a pool's parent), where each Marshal.dump begins and ends,
+    # and of what, so that an NArray is exported (passed by reference, or
+    # copied once into memory the receiver maps) only when it is part of the
+    # value being sent: after an item, the worker arms the export with the
+    # item's value (Arena#arm_exports), and the gem's Marshal.dump of that
+    # value exports the NArrays it writes itself. A Marshal.dump that an
+    # object's own +marshal_dump+ makes inside it, a dump of anything else,
+    # any dump after that one ended, and another thread's dumps write Numo's
+    # own data, as without this gem. Prepended to Marshal's singleton class
+    # in a worker when it runs its first item (and in a pool's parent); no
+    # other process has it.
     # @api private
     module ResultDump
       # Starts an item. True in a worker process (the first time, this
@@ -33,7 +35,7 @@ module Numo
 
       # Marshal.dump, between the extension's marks.
       def dump(*args)
-        Numo::Shared::Native.dump_begins
+        Numo::Shared::Native.dump_begins(args.first)
         super
       ensure
         Numo::Shared::Native.dump_ends

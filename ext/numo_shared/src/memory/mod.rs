@@ -5,6 +5,7 @@
 pub mod file;
 pub mod header;
 pub mod limits;
+pub mod live;
 pub mod memfd;
 pub mod named;
 pub mod pid;

@@ -6,10 +6,12 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use crate::error::{io_error, Error, Result};
 use crate::memory::file;
 use crate::memory::header::{self, Header};
+use crate::memory::live::{self, Mapping};
 use crate::memory::segment::{Access, Segment};
 use crate::sys::{self, Errno};
 
@@ -47,9 +49,9 @@ fn shm_path(name: &str) -> CString {
 
 /// Creates the segment `name` (checked) exclusively, sized and reserved for
 /// `header` and its data, maps it and writes the header, its magic last.
-/// Returns the mapping and where the data starts in it. If anything fails,
-/// the name is removed again.
-pub fn create(name: &str, header: &Header) -> Result<(Segment, usize)> {
+/// Returns the mapping (shared by the arrays over it), and where the data
+/// starts in it. If anything fails, the name is removed again.
+pub fn create(name: &str, header: &Header) -> Result<(Arc<Mapping>, usize)> {
     let head = header.encode()?;
     let total = head
         .len()
@@ -59,7 +61,10 @@ pub fn create(name: &str, header: &Header) -> Result<(Segment, usize)> {
     let fd = sys::shm_open(&shm_path(name), flags, libc::S_IRUSR | libc::S_IWUSR)
         .map_err(|e| Error::os(e, format!("creating shared-memory segment {}", place(name))))?;
     match fill(&fd, &head, total, name) {
-        Ok(segment) => Ok((segment, head.len())),
+        Ok(segment) => {
+            let kept = live::keep(fd).map(|kept| (kept, 0));
+            Ok((live::share(segment, kept), head.len()))
+        }
         Err(err) => {
             remove_quietly(name);
             Err(err)
@@ -73,7 +78,7 @@ fn fill(fd: &OwnedFd, head: &[u8], total: usize, name: &str) -> Result<Segment> 
     sys::fchmod(fd, libc::S_IRUSR | libc::S_IWUSR)
         .map_err(|e| Error::os(e, format!("setting the mode of {}", place(name))))?;
     file::reserve(fd, total, &place(name))?;
-    let mut map = Segment::map_fd(
+    let map = Segment::map_fd(
         fd,
         0,
         total,
@@ -82,7 +87,7 @@ fn fill(fd: &OwnedFd, head: &[u8], total: usize, name: &str) -> Result<Segment> 
     )?;
     // SAFETY: the mapping is `total` >= head.len() bytes long and ours.
     unsafe {
-        let base = map.as_mut_ptr();
+        let base = map.as_ptr();
         std::ptr::copy_nonoverlapping(head[8..].as_ptr(), base.add(8), head.len() - 8);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         std::ptr::copy_nonoverlapping(head.as_ptr(), base, 8);
@@ -92,7 +97,7 @@ fn fill(fd: &OwnedFd, head: &[u8], total: usize, name: &str) -> Result<Segment> 
 
 /// Opens the segment `name` (checked): its header, and a mapping of all of
 /// it (read-only with `readonly`).
-pub fn open(name: &str, readonly: bool) -> Result<(Segment, Header)> {
+pub fn open(name: &str, readonly: bool) -> Result<(Arc<Mapping>, Header)> {
     let what = format!("shared-memory segment {}", place(name));
     let mode = if readonly {
         libc::O_RDONLY
@@ -120,7 +125,8 @@ pub fn open(name: &str, readonly: bool) -> Result<(Segment, Header)> {
         &format!("shared memory ({})", place(name)),
         access,
     )?;
-    Ok((segment, header))
+    let kept = live::keep(fd).map(|kept| (kept, 0));
+    Ok((live::share(segment, kept), header))
 }
 
 /// The size of the segment open at `fd`, once it is known to be a regular

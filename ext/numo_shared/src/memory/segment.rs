@@ -5,21 +5,19 @@
 //! system, and the memory goes away when the last mapping of it, in any
 //! process, does, even if the process is killed. The descriptor is closed as
 //! soon as the memory is mapped, so a segment costs one mapping and no
-//! descriptor. No page of a segment is ever released by hand: the kernel
-//! frees a memfd's pages when nothing maps it any more.
+//! descriptor (unless files are kept, see `live`). No page of a segment is
+//! ever released by hand: the kernel frees a memfd's pages when nothing maps
+//! it any more. `live` names the shared ones, and shares each between the
+//! arrays over it.
 
-use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
 
 use crate::error::{human_bytes, Error, Result};
 use crate::memory::file;
 use crate::memory::limits;
 use crate::memory::memfd;
-use crate::memory::pid;
-use crate::sys::{self, Errno};
+use crate::sys::Errno;
 
 /// How a segment maps its file.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -45,29 +43,16 @@ impl Access {
 pub struct Segment {
     ptr: NonNull<u8>,
     len: usize,
-    /// Names this mapping among the live segments of this process and of the
-    /// processes forked from it: the creating pid in the high 32 bits.
-    serial: u64,
     access: Access,
 }
 
-// SAFETY: a Segment is a plain mapping; its pointer is valid for its life.
+// SAFETY: a Segment is a plain mapping; its pointer is valid for its life,
+// and a shared reference only reads its address and length.
 unsafe impl Send for Segment {}
-
-/// The shared, writable segments mapped in this process, by serial:
-/// (address, length). Forked children inherit the table with the mappings.
-static LIVE: Mutex<BTreeMap<u64, (usize, usize)>> = Mutex::new(BTreeMap::new());
-static NEXT_SERIAL: AtomicU32 = AtomicU32::new(1);
-
-fn live() -> std::sync::MutexGuard<'static, BTreeMap<u64, (usize, usize)>> {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner())
-}
+unsafe impl Sync for Segment {}
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.access.is_shared_writable() {
-            live().remove(&self.serial);
-        }
         // SAFETY: the range is our own mapping, unmapped exactly once here.
         unsafe { unmap(self.ptr.as_ptr() as usize, self.len) };
     }
@@ -126,7 +111,9 @@ pub unsafe fn unmap(addr: usize, len: usize) {
 }
 
 impl Segment {
-    /// Creates an anonymous shared segment of `len` bytes, zero-filled.
+    /// Creates an anonymous shared segment of `len` bytes, zero-filled, with
+    /// its memfd's descriptor, which the mapping does not need (it may be
+    /// kept, see `live`, or closed).
     ///
     /// Its pages are taken when first written, as for memory from malloc: a
     /// memfd lives on the kernel's internal tmpfs mount, which has no size
@@ -134,13 +121,7 @@ impl Segment {
     /// Requests larger than the memory the machine has available raise here;
     /// under strict overcommit (`vm.overcommit_memory = 2`), where a page
     /// that cannot be charged would be SIGBUS, every page is reserved now.
-    pub fn anonymous(len: usize) -> Result<Segment> {
-        Self::anonymous_keeping_file(len).map(|(segment, _)| segment)
-    }
-
-    /// `anonymous`, with the memfd's descriptor, which mapping does not need
-    /// (Numo::Parallel.stack's workers write rows into the file).
-    pub fn anonymous_keeping_file(len: usize) -> Result<(Segment, OwnedFd)> {
+    pub fn anonymous(len: usize) -> Result<(Segment, OwnedFd)> {
         limits::check_available(len, "shared memory (memfd)")?;
         let fd = memfd::create(c"numo-shared", len, "shared memory (memfd)")?;
         if limits::strict_overcommit() {
@@ -175,15 +156,9 @@ impl Segment {
 
     /// Takes ownership of a live mapping made elsewhere in this crate.
     pub fn adopt_mapping(addr: usize, len: usize, access: Access) -> Segment {
-        let serial = (u64::from(pid::current() as u32) << 32)
-            | u64::from(NEXT_SERIAL.fetch_add(1, Ordering::Relaxed));
-        if access.is_shared_writable() {
-            live().insert(serial, (addr, len));
-        }
         Segment {
             ptr: NonNull::new(addr as *mut u8).expect("mmap never returns NULL here"),
             len,
-            serial,
             access,
         }
     }
@@ -207,47 +182,6 @@ impl Segment {
         Ok(())
     }
 
-    /// A second, independent mapping of the same pages as `len` bytes at
-    /// `offset` into the live shared segment `serial` of this process
-    /// (`mremap` with an old size of 0). Returns it with the distance from
-    /// its start to `offset` (the mapping starts on a page boundary).
-    pub fn duplicate(serial: u64, offset: usize, len: usize) -> Result<(Segment, usize)> {
-        let gone = || {
-            Error::Argument(format!(
-                "the shared array a worker returned by reference (serial {serial:#x}) is no longer mapped in this process"
-            ))
-        };
-        let (addr, total) = *live().get(&serial).ok_or_else(gone)?;
-        if offset.checked_add(len).is_none_or(|end| end > total) || len == 0 {
-            return Err(Error::Argument(format!(
-                "a reference to {len} bytes at offset {offset} does not fit a shared array of {total} bytes"
-            )));
-        }
-        let page = sys::page_size();
-        let start = offset / page * page;
-        let span = (offset - start + len).div_ceil(page) * page;
-        let span = span.min(total - start);
-        // SAFETY: addr..addr+total is a live MAP_SHARED mapping of ours.
-        let dup = unsafe {
-            libc::mremap(
-                (addr + start) as *mut libc::c_void,
-                0,
-                span,
-                libc::MREMAP_MAYMOVE,
-            )
-        };
-        if dup == libc::MAP_FAILED {
-            return Err(mapping_error(
-                Errno::last(),
-                format!("mapping {} of a shared array again", human_bytes(len)),
-            ));
-        }
-        Ok((
-            Self::adopt_mapping(dup as usize, span, Access::Shared),
-            offset - start,
-        ))
-    }
-
     /// Gives up the memory now: the range is replaced by private anonymous
     /// pages (so that code still holding a pointer into it reads zeros
     /// instead of faulting) and kept reserved until the returned
@@ -256,9 +190,6 @@ impl Segment {
     pub fn release(self) -> Reservation {
         let addr = self.ptr.as_ptr() as usize;
         let len = self.len;
-        if self.access.is_shared_writable() {
-            live().remove(&self.serial);
-        }
         // SAFETY: replaces our own mapping in place with anonymous memory of
         // the same length; nothing else is mapped there.
         let _ = unsafe {
@@ -279,16 +210,8 @@ impl Segment {
         self.access
     }
 
-    pub fn serial(&self) -> u64 {
-        self.serial
-    }
-
-    /// The pid of the process that mapped this segment first.
-    pub fn creator_pid(&self) -> i32 {
-        (self.serial >> 32) as i32
-    }
-
-    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+    /// The start of the mapping (Numo reads and writes through it).
+    pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 

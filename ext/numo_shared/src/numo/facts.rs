@@ -84,12 +84,13 @@ pub fn location(obj: Value) -> Option<Location> {
         return None;
     }
     let data = array.data.ptr;
-    let segment = array.segment.as_mut()?;
+    let mapping = array.segment.as_ref()?;
+    let segment = mapping.segment();
     // SAFETY: data points into the segment.
-    let offset = unsafe { data.offset_from(segment.as_mut_ptr()) } as usize;
+    let offset = unsafe { data.offset_from(segment.as_ptr()) } as usize;
     Some(Location {
-        serial: segment.serial(),
-        creator: segment.creator_pid(),
+        serial: mapping.serial(),
+        creator: mapping.creator_pid(),
         offset,
         room: segment.len() - offset,
         shareable: segment.access().is_shared_writable(),
@@ -147,8 +148,8 @@ pub fn view_of(obj: Value) -> Option<ViewOf> {
         let info = (*typed_data::type_of(raw)).data as *const TypeInfo;
         let data_bytes = layout::data_bytes(&*info, array.data.base.size)?;
         let data = array.data.ptr;
-        let segment = array.segment.as_mut()?;
-        let data_offset = data.offset_from(segment.as_mut_ptr()) as usize;
+        let mapping = array.segment.as_ref()?;
+        let data_offset = data.offset_from(mapping.segment().as_ptr()) as usize;
         let view = &*(typed_data::data_of(obj.as_raw()) as *const NArrayView);
         let ndim = view.base.ndim as usize;
         if ndim == 0 || view.stridx.is_null() || view.base.shape.is_null() {
@@ -162,9 +163,9 @@ pub fn view_of(obj: Value) -> Option<ViewOf> {
             .collect::<crate::error::Result<Vec<Step>>>()
             .ok()?;
         Some(ViewOf {
-            serial: segment.serial(),
-            creator: segment.creator_pid(),
-            shareable: segment.access().is_shared_writable(),
+            serial: mapping.serial(),
+            creator: mapping.creator_pid(),
+            shareable: mapping.segment().access().is_shared_writable(),
             data_offset,
             data_bytes,
             offset: view.offset,

@@ -9,7 +9,9 @@ use magnus::{prelude::*, rb_sys::AsRawValue, rb_sys::FromRawValue, RArray, RClas
 use rb_sys::{rb_data_type_t, VALUE};
 
 use crate::error::{Error, Result};
-use crate::memory::segment::Segment;
+use std::sync::Arc;
+
+use crate::memory::live::Mapping;
 use crate::numo::layout::{
     self, NArrayBase, NArrayData, NArrayView, Step, TypeInfo, NARRAY_DATA_T, NARRAY_VIEW_T,
 };
@@ -164,14 +166,19 @@ impl Plan {
     }
 
     /// A new Ruby object of `klass` over `segment`.
-    pub fn wrap(&self, klass: RClass, segment: Option<Segment>) -> Result<Value> {
+    pub fn wrap(&self, klass: RClass, segment: Option<Arc<Mapping>>) -> Result<Value> {
         self.wrap_at(klass, segment, 0)
     }
 
     /// A new Ruby object of `klass` whose data starts `delta` bytes into
     /// `segment`. If Ruby cannot allocate, the segment is unmapped and the
     /// error returned.
-    pub fn wrap_at(&self, klass: RClass, segment: Option<Segment>, delta: usize) -> Result<Value> {
+    pub fn wrap_at(
+        &self,
+        klass: RClass,
+        segment: Option<Arc<Mapping>>,
+        delta: usize,
+    ) -> Result<Value> {
         let ty = shared_type_for(self.numo_type);
         // The object and the shape buffer exist before our struct owns the
         // segment: a failed allocation drops the segment on the way out.
@@ -184,7 +191,7 @@ impl Plan {
     /// Turns `obj`, an unallocated array just made by its class's allocator
     /// (as `Marshal.load` makes them), into a shared array over `segment`.
     /// Its data starts `delta` bytes into the segment.
-    pub fn adopt(&self, obj: Value, segment: Option<Segment>, delta: usize) -> Result<Value> {
+    pub fn adopt(&self, obj: Value, segment: Option<Arc<Mapping>>, delta: usize) -> Result<Value> {
         let raw = obj.as_raw();
         let old = self.fresh_struct(raw)?;
         let array = self.build(segment, delta)?;
@@ -393,7 +400,7 @@ impl Plan {
 
     /// Our struct for this plan over `segment`; the shape buffer (the only
     /// Ruby allocation) is made first.
-    fn build(&self, segment: Option<Segment>, delta: usize) -> Result<Box<SharedArray>> {
+    fn build(&self, segment: Option<Arc<Mapping>>, delta: usize) -> Result<Box<SharedArray>> {
         let shape = shape_buffer(&self.dims)?;
         Ok(SharedArray::new(
             self.template,

@@ -15,13 +15,14 @@
 
 use std::ffi::{c_void, CString};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use magnus::{prelude::*, rb_sys::AsRawValue, rb_sys::FromRawValue, Value};
 use rb_sys::{rb_data_type_struct__bindgen_ty_1, rb_data_type_t, size_t, VALUE};
 
 use crate::error::{Error, Result};
-use crate::memory::segment::{self, Reservation, Segment};
+use crate::memory::live::Mapping;
+use crate::memory::segment::{self, Reservation};
 use crate::numo::layout::{self, NArrayData, NArrayView, NARRAY_VIEW_T};
 use crate::numo::typed_data;
 
@@ -30,10 +31,13 @@ use crate::numo::typed_data;
 #[repr(C)]
 pub struct SharedArray {
     pub data: NArrayData,
-    pub segment: Option<Segment>,
+    /// The memory, shared with the other arrays over the same mapping.
+    pub segment: Option<Arc<Mapping>>,
     /// After `NArray#free`: the address range the data was mapped at, kept
-    /// (as anonymous memory) until the object is collected.
+    /// (as anonymous memory) until the object is collected; or, when other
+    /// arrays share the mapping, the mapping itself.
     released: Option<Reservation>,
+    kept: Option<Arc<Mapping>>,
     /// Set by `NArray#free`.
     freed: bool,
 }
@@ -47,18 +51,19 @@ impl SharedArray {
         template: NArrayData,
         dims: &[usize],
         shape: *mut usize,
-        segment: Option<Segment>,
+        segment: Option<Arc<Mapping>>,
         delta: usize,
     ) -> Box<SharedArray> {
         let mut array = Box::new(SharedArray {
             data: template,
             segment,
             released: None,
+            kept: None,
             freed: false,
         });
-        array.data.ptr = match array.segment.as_mut() {
+        array.data.ptr = match array.segment.as_ref() {
             // SAFETY: callers pass a delta inside the segment.
-            Some(segment) => unsafe { segment.as_mut_ptr().add(delta) },
+            Some(mapping) => unsafe { mapping.segment().as_ptr().add(delta) },
             None => std::ptr::null_mut(),
         };
         array.data.owned = true;
@@ -161,9 +166,9 @@ unsafe extern "C" fn free_shared(ptr: *mut c_void) {
         rb_sys::ruby_xfree(array.data.ptr as *mut c_void);
     }
     if let Some(segment) = &array.segment {
-        rb_sys::rb_gc_adjust_memory_usage(-(segment.len() as isize) as _);
+        rb_sys::rb_gc_adjust_memory_usage(-(segment.segment().len() as isize) as _);
     }
-    drop(array); // unmaps the segment
+    drop(array); // unmaps the segment, if no other array uses it
 }
 
 /// Frees the shape buffer unless it points at the struct's own size field,
@@ -183,7 +188,7 @@ unsafe extern "C" fn size_shared(ptr: *const c_void) -> size_t {
         size += std::mem::size_of::<usize>() * array.data.base.ndim as usize;
     }
     if let Some(segment) = &array.segment {
-        size += segment.len();
+        size += segment.segment().len();
     }
     size as size_t
 }
@@ -193,7 +198,7 @@ unsafe extern "C" fn size_shared(ptr: *const c_void) -> size_t {
 /// `guards.rs`); if that fails, `obj` still owns `array` and
 /// frees it when collected.
 pub unsafe fn install(obj: VALUE, array: Box<SharedArray>) -> Result<Value> {
-    let bytes = array.segment.as_ref().map_or(0, Segment::len);
+    let bytes = array.segment.as_ref().map_or(0, |m| m.segment().len());
     typed_data::set_data(obj, Box::into_raw(array) as *mut c_void);
     rb_sys::rb_gc_adjust_memory_usage(bytes as _);
     let guard = REINITIALIZATION.load(Ordering::Acquire) as VALUE;
@@ -286,7 +291,7 @@ pub fn mapped_bytes(obj: Value) -> Result<usize> {
         )));
     }
     Ok(segment_behind(obj)
-        .and_then(|(_, array)| array.segment.as_ref().map(Segment::len))
+        .and_then(|(_, array)| array.segment.as_ref().map(|m| m.segment().len()))
         .unwrap_or(0))
 }
 
@@ -306,10 +311,17 @@ pub fn release(obj: Value) -> bool {
     }
     array.data.ptr = std::ptr::null_mut();
     array.freed = true;
-    if let Some(segment) = array.segment.take() {
+    if let Some(mapping) = array.segment.take() {
         // SAFETY: reports memory this object no longer holds.
-        unsafe { rb_sys::rb_gc_adjust_memory_usage(-(segment.len() as isize) as _) };
-        array.released = Some(segment.release());
+        unsafe { rb_sys::rb_gc_adjust_memory_usage(-(mapping.segment().len() as isize) as _) };
+        match Mapping::release(mapping) {
+            Ok(reservation) => array.released = Some(reservation),
+            // Other arrays use the mapping (views by reference, results
+            // passed back): it stays until they are collected, and this
+            // array keeps its reference until it is, so that a Numo loop
+            // still running over it cannot fault.
+            Err(shared) => array.kept = Some(shared),
+        }
     }
     true
 }
@@ -323,11 +335,11 @@ pub fn populate(obj: Value, offset: usize, len: usize) -> bool {
         return false;
     };
     let data = array.data.ptr as usize;
-    let Some(segment) = array.segment.as_mut().filter(|_| raw == obj.as_raw()) else {
+    let Some(mapping) = array.segment.as_ref().filter(|_| raw == obj.as_raw()) else {
         return false;
     };
-    let start = segment.as_mut_ptr() as usize;
-    let end = start + segment.len();
+    let start = mapping.segment().as_ptr() as usize;
+    let end = start + mapping.segment().len();
     let Some(from) = data.checked_add(offset).filter(|&f| f >= start) else {
         return false;
     };
@@ -346,8 +358,8 @@ pub fn flush(obj: Value) -> Result<bool> {
     let Some((_, array)) = segment_behind(obj) else {
         return Ok(false);
     };
-    if let Some(segment) = array.segment.as_ref() {
-        segment.flush()?;
+    if let Some(mapping) = array.segment.as_ref() {
+        mapping.segment().flush()?;
     }
     Ok(true)
 }

@@ -1,8 +1,8 @@
 //! Non-contiguous views of shared arrays, passed between processes by
-//! reference: the worker sends the geometry of a view (the segment of the
+//! reference: the sender sends the geometry of a view (the mapping of the
 //! array it looks into, its offset, and a stride or an index table per
-//! dimension); the parent maps that array again and builds the same Numo
-//! view over it. No element is copied, and writes through either side reach
+//! dimension); the receiver builds the same Numo view over its own mapping
+//! of that array. No element is copied, and writes through either side reach
 //! the same memory.
 
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -11,7 +11,7 @@ use magnus::{prelude::*, rb_sys::AsRawValue, Value};
 use rb_sys::rb_data_type_t;
 
 use crate::error::{try_vec, Error, Result};
-use crate::memory::segment::Segment;
+use crate::memory::live;
 use crate::numo::facts::ViewOf;
 use crate::numo::layout::{self, Step, NARRAY_VIEW_T};
 use crate::numo::plan::{class_of, Plan};
@@ -112,8 +112,8 @@ pub fn claim(plan: &Plan, obj: Value, geometry: &Geometry, tables: &[u8]) -> Res
     if base_plan.bytes != data_bytes {
         return Err(outside(data_bytes));
     }
-    let (segment, delta) = Segment::duplicate(geometry.serial, geometry.data_offset, data_bytes)?;
-    let base = base_plan.wrap_at(klass, Some(segment), delta)?;
+    let mapping = live::find_range(geometry.serial, geometry.data_offset, data_bytes)?;
+    let base = base_plan.wrap_at(klass, Some(mapping), geometry.data_offset)?;
     plan.adopt_view(obj, view_type(base)?, base, geometry.offset, &steps)
 }
 

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+use crate::memory::live;
 use crate::memory::pid;
 use crate::parallel::channel::Channel;
 use crate::parallel::region::Region;
@@ -81,6 +82,25 @@ impl Arena {
         if let Some(region) = &shared.region {
             // SAFETY: the call is over: no result is read from it any more.
             unsafe { region.unmap() };
+        }
+    }
+
+    /// `arena.reset` in a pool's parent between calls: empties the region
+    /// (see `Region::reset`).
+    pub fn reset(&self) {
+        if let Some(region) = &self.shared.region {
+            region.reset();
+        }
+    }
+
+    /// `arena.keep_files(on)` in a pool's parent: the files of shared arrays
+    /// made from now on are kept (`on`), so that they can be sent to the
+    /// pool's workers, or no longer for this pool (see `memory::live`).
+    pub fn keep_files(&self, on: bool) {
+        if on {
+            live::keep_files();
+        } else {
+            live::stop_keeping_files();
         }
     }
 

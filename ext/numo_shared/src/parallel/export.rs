@@ -1,16 +1,18 @@
-//! How each NArray of a worker's result reaches the parent: decided here,
-//! and only here (`route`).
+//! How each NArray of a value reaches the process it is sent to (a worker's
+//! result to the parent, a pool's item to a worker): decided here, and only
+//! here (`route`).
 //!
-//! - Memory the parent already has (a shared array it made before the
-//!   fork, or any view of one; not read-only or copy-on-write memory) is
-//!   passed by reference: the parent maps the same pages again.
-//! - Anything else is copied once, by the worker, into memory the parent
+//! - Memory the receiver shares (a shared array of the parent, or any view
+//!   of one; not read-only or copy-on-write memory) is passed by reference:
+//!   the receiver maps the same pages again. A pool's worker is first sent
+//!   the file of a parent's array it does not map yet (see `link`).
+//! - Anything else is copied once, by the sender, into memory the receiver
 //!   maps: arrays of `INLINE_BYTES` or less inside the handle itself, arrays
-//!   under `FILE_FROM` into the arena's region (the parent copies them out),
-//!   larger ones into a fresh memfd with `pwrite`, whose descriptor goes to
-//!   the parent over the arena's channel and becomes the result's own memory.
+//!   under `FILE_FROM` into the arena's region (the receiver copies them
+//!   out), larger ones into a fresh memfd with `pwrite`, whose descriptor
+//!   goes over a channel (`SCM_RIGHTS`) and becomes the array's own memory.
 //!   `pwrite` puts the bytes into the file's fresh pages without mapping or
-//!   faulting a page of the worker (see the README's benchmarks for the
+//!   faulting a page of the sender (see the README's benchmarks for the
 //!   alternatives measured).
 //!
 //! Numo::RObject arrays, and arrays with no memory, return `None`: Numo's own
@@ -27,6 +29,7 @@ use crate::numo::layout::{Step, FLAG_BYTE_SWAPPED};
 use crate::numo::ruby_alloc;
 use crate::numo::view;
 use crate::parallel::arena::Shared;
+use crate::parallel::exporting::{self, Target};
 use crate::parallel::handle::{Handle, Place};
 use crate::parallel::worker;
 
@@ -38,18 +41,23 @@ pub const INLINE_BYTES: usize = 64;
 /// are packed into the region.
 pub const FILE_FROM: usize = 64 * 1024;
 
-/// `Numo::Shared::Native.export(array)` from `NArray#marshal_dump`: in a
-/// worker, for an array of the value the gem is marshaling, the handle to
-/// write instead of its data; nil otherwise (Numo's own data is written).
+/// `Numo::Shared::Native.export(array)` from `NArray#marshal_dump`: for an
+/// array of a value being sent to another process (see `exporting`), the
+/// handle to write instead of its data; nil otherwise (Numo's own data is
+/// written).
 pub fn export(obj: Value) -> Result<Option<RString>> {
-    let Some((arena, id)) = worker::exporting() else {
+    let Some(target) = exporting::exporting() else {
         return Ok(None);
     };
     let Some(facts) = facts::facts_of(obj) else {
         return Ok(None); // not a numeric array, or one with no data yet
     };
     let (obj, facts) = in_host_order(obj, facts)?;
-    let Some(place) = route(obj, &facts, &arena, id)? else {
+    let arena = match &target {
+        Target::Parent(arena) => Arc::clone(arena),
+        Target::Worker(link) => Arc::clone(&link.arena),
+    };
+    let Some(place) = route(obj, &facts, &arena, &target)? else {
         return Ok(None);
     };
     let handle = Handle {
@@ -76,10 +84,10 @@ fn in_host_order(obj: Value, facts: ArrayFacts) -> Result<(Value, ArrayFacts)> {
     }
 }
 
-/// Where the parent will find `obj`'s data, putting it there if needed;
+/// Where the receiver will find `obj`'s data, putting it there if needed;
 /// `None` when it must travel as Numo's own marshal data.
-fn route(obj: Value, facts: &ArrayFacts, arena: &Arc<Shared>, id: u64) -> Result<Option<Place>> {
-    if let Some(place) = reference(obj, facts, arena) {
+fn route(obj: Value, facts: &ArrayFacts, arena: &Shared, target: &Target) -> Result<Option<Place>> {
+    if let Some(place) = reference(obj, facts, arena, target)? {
         return Ok(Some(place));
     }
     if facts.bytes <= INLINE_BYTES {
@@ -103,10 +111,14 @@ fn route(obj: Value, facts: &ArrayFacts, arena: &Arc<Shared>, id: u64) -> Result
     // A memfd that cannot be made or sent (a file size limit, no
     // descriptor left, too many in flight) leaves the array to Numo's own
     // marshal data, as without this gem.
+    let (id, channel) = match target {
+        Target::Parent(_) => (worker::next_block_id(), &arena.channel),
+        Target::Worker(link) => (link.next_block_id(), &link.channel),
+    };
     let sent = with_element_bytes(obj, facts, |bytes| {
         memfd::copy_into_new(c"numo-shared-result", bytes, "a parallel result")
     })
-    .and_then(|fd| arena.channel.send(&fd, id, facts.bytes));
+    .and_then(|fd| channel.send(&fd, id, facts.bytes));
     match sent {
         Ok(()) => Ok(Some(Place::Block { id })),
         Err(Error::Os { .. }) => Ok(None),
@@ -114,38 +126,61 @@ fn route(obj: Value, facts: &ArrayFacts, arena: &Arc<Shared>, id: u64) -> Result
     }
 }
 
-/// A reference to memory the parent shares with this worker: a shared
-/// array it made before the fork, or a view of one (not read-only or
-/// copy-on-write memory: the parent's mapping of it may hold other values).
-/// `None` for anything else, and for a view whose index tables find no room
-/// in the region (it is copied instead).
-fn reference(obj: Value, facts: &ArrayFacts, arena: &Shared) -> Option<Place> {
-    let owner = arena.owner;
-    if let Some(view) = facts::view_of(obj).filter(|v| v.creator == owner && v.shareable) {
+/// A reference to memory the receiver shares: a shared array of the parent,
+/// or a view of one (not read-only or copy-on-write memory: another
+/// process's mapping of it may hold other values). `None` for anything
+/// else, and for a view whose index tables find no room in the region (it
+/// is copied instead); an error for a parent's shared array a pool's worker
+/// cannot be given (see `WorkerLink::share`).
+fn reference(
+    obj: Value,
+    facts: &ArrayFacts,
+    arena: &Shared,
+    target: &Target,
+) -> Result<Option<Place>> {
+    let shares = |serial: u64, creator: i32, shareable: bool| -> Result<bool> {
+        match target {
+            Target::Parent(_) => Ok(shareable && creator == arena.owner),
+            Target::Worker(link) => match shareable {
+                true => link.share(serial).map(|()| true),
+                false => Ok(false),
+            },
+        }
+    };
+    if let Some(view) = facts::view_of(obj) {
+        if !shares(view.serial, view.creator, view.shareable)? {
+            return Ok(None);
+        }
         if let Some(offset) = contiguous_offset(&view, facts) {
-            return Some(Place::Reference {
+            return Ok(Some(Place::Reference {
                 serial: view.serial,
                 offset: offset as u64,
-            });
+            }));
         }
-        let (geometry, tables) = view::geometry_of(&view).ok()?;
+        let Ok((geometry, tables)) = view::geometry_of(&view) else {
+            return Ok(None);
+        };
         let (tables_offset, tables_len) = if tables.is_empty() {
             (0, 0)
         } else {
-            (arena.region.as_ref()?.pack(&tables)?, tables.len() as u64)
+            match arena.region.as_ref().and_then(|r| r.pack(&tables)) {
+                Some(offset) => (offset, tables.len() as u64),
+                None => return Ok(None),
+            }
         };
-        return Some(Place::View {
+        return Ok(Some(Place::View {
             geometry,
             tables_offset,
             tables_len,
-        });
+        }));
     }
-    facts::location(obj)
-        .filter(|l| l.creator == owner && l.shareable)
-        .map(|l| Place::Reference {
+    match facts::location(obj) {
+        Some(l) if shares(l.serial, l.creator, l.shareable)? => Ok(Some(Place::Reference {
             serial: l.serial,
             offset: l.offset as u64,
-        })
+        })),
+        _ => Ok(None),
+    }
 }
 
 /// Where a view's data starts in its segment if its elements lie there

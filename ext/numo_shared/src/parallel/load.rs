@@ -1,19 +1,24 @@
-//! The parent's side of a result: `NArray#marshal_load` of a handle a
-//! worker wrote turns the freshly allocated array into the result it names.
+//! The receiving side of a value: `NArray#marshal_load` of a handle turns the
+//! freshly allocated array into the array it names: in a parent, a worker's
+//! result; in a pool's worker, an item its parent sent.
 
 use magnus::{rb_sys::AsRawValue, RString, Value};
 
 use crate::error::{Error, Result};
+use crate::memory::live;
 use crate::memory::pid;
 use crate::memory::segment::{Access, Segment};
 use crate::numo::plan::Plan;
 use crate::numo::view;
 use crate::parallel::arena::{self, Shared};
+use crate::parallel::channel::Mapped;
 use crate::parallel::handle::{Handle, Place};
+use crate::parallel::link::WorkerLink;
+use crate::parallel::worker;
 
-/// `Numo::Shared::Native.load_handle(array, data)` in the parent, from
+/// `Numo::Shared::Native.load_handle(array, data)` from
 /// `NArray#marshal_load`: makes `array`, just allocated by `Marshal.load`,
-/// the result `data` names. Returns nil when `data` is not a handle (Numo's
+/// the array `data` names. Returns nil when `data` is not a handle (Numo's
 /// own marshal data), for Numo to load.
 pub fn load_handle(obj: Value, data: Value) -> Result<Option<Value>> {
     let Some(string) = RString::from_value(data) else {
@@ -31,31 +36,42 @@ pub fn load_handle(obj: Value, data: Value) -> Result<Option<Value>> {
                 .into(),
         )
     })?;
-    if arena.owner != pid::current() {
-        return Err(Error::Argument(
-            "only the process that made a results arena loads its results".into(),
-        ));
-    }
+    // The channel the memfds came through: the arena's in the parent, the
+    // link's in a pool's worker.
+    let link = worker::link_for(&arena);
+    let channel = match &link {
+        _ if arena.owner == pid::current() => &arena.channel,
+        Some(link) => &link.channel,
+        None => {
+            return Err(Error::Argument(
+                "only the process that made a results arena (or its pool's workers) loads what it names"
+                    .into(),
+            ))
+        }
+    };
     let plan = Plan::for_object(obj, handle.shape.clone(), handle.flags)?;
     let array = match handle.place {
         Place::Inline { bytes } => plan.fill(obj, &bytes)?,
         Place::Bytes { offset, len } => {
-            let packed = region_of(&arena)?.read(offset, len)?;
+            let region = region_of(&arena)?;
+            let packed = region.read(offset, len)?;
             if packed.len() != plan.bytes {
                 return Err(Error::Argument(format!(
-                    "a worker packed {} bytes for a result of {} bytes",
+                    "{} bytes were packed for an array of {} bytes",
                     packed.len(),
                     plan.bytes
                 )));
             }
-            plan.fill_with(obj, |target| {
+            let array = plan.fill_with(obj, |target| {
                 target.copy_from_slice(packed);
                 Ok(())
-            })?
+            })?;
+            region.consumed(offset, len);
+            array
         }
         Place::Block { id } => {
-            let (addr, len) = arena.channel.take(id)?;
-            let segment = Segment::adopt_mapping(addr, len, Access::Shared);
+            let Mapped { addr, len, file } = channel.take(id)?;
+            let segment = live::share(Segment::adopt_mapping(addr, len, Access::Shared), file);
             if len < plan.bytes {
                 return Err(Error::Argument(format!(
                     "a worker sent {len} bytes for a result of {} bytes",
@@ -68,8 +84,9 @@ pub fn load_handle(obj: Value, data: Value) -> Result<Option<Value>> {
             if plan.bytes == 0 {
                 plan.adopt(obj, None, 0)?
             } else {
-                let (segment, delta) = Segment::duplicate(serial, offset as usize, plan.bytes)?;
-                plan.adopt(obj, Some(segment), delta)?
+                receive_file(&link, serial);
+                let mapping = live::find_range(serial, offset as usize, plan.bytes)?;
+                plan.adopt(obj, Some(mapping), offset as usize)?
             }
         }
         Place::View {
@@ -77,12 +94,17 @@ pub fn load_handle(obj: Value, data: Value) -> Result<Option<Value>> {
             tables_offset,
             tables_len,
         } => {
+            receive_file(&link, geometry.serial);
             let tables = if tables_len == 0 {
                 &[][..]
             } else {
                 region_of(&arena)?.read(tables_offset, tables_len)?
             };
-            view::claim(&plan, obj, &geometry, tables)?
+            let view = view::claim(&plan, obj, &geometry, tables)?;
+            if tables_len > 0 {
+                region_of(&arena)?.consumed(tables_offset, tables_len);
+            }
+            view
         }
     };
     debug_assert_eq!(array.as_raw(), obj.as_raw());
@@ -94,4 +116,12 @@ fn region_of(arena: &Shared) -> Result<&crate::parallel::region::Region> {
         .region
         .as_ref()
         .ok_or_else(|| Error::Argument("this results arena has no region".into()))
+}
+
+/// In a pool's worker: maps the files its parent sent before this item,
+/// when the array `serial` is not mapped here yet.
+fn receive_file(link: &Option<std::sync::Arc<WorkerLink>>, serial: u64) {
+    if let Some(link) = link.as_ref().filter(|_| !live::contains(serial)) {
+        link.channel.drain();
+    }
 }

@@ -1,13 +1,16 @@
-//! What crosses between the processes of a `Numo::Parallel` call: the
-//! arena each call shares with its workers, the channel that carries large
-//! results' memfds, the region for small ones and for batched maps'
-//! counters, handles, how each array of a result travels (`export`), the
-//! parent's loading of handles, and stack rows. Uses `numo` and `memory`.
+//! What crosses between the processes of a `Numo::Parallel` call or pool:
+//! the arena each call (or pool) shares with its workers, the channels that
+//! carry large arrays' memfds, a pool's link to each worker, the region for
+//! small arrays and for batched maps' counters, handles, when arrays are
+//! exported (`exporting`) and how each one travels (`export`), the loading
+//! of handles, and stack rows. Uses `numo` and `memory`.
 
 pub mod arena;
 pub mod channel;
 pub mod export;
+pub mod exporting;
 pub mod handle;
+pub mod link;
 pub mod load;
 pub mod region;
 pub mod stack_rows;

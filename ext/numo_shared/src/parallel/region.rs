@@ -28,13 +28,31 @@ const DATA_START: u64 = 4096;
 const CLAIMED_AT: usize = 64;
 const STOPPED_AT: usize = 128;
 
+/// How many times the region was emptied for reuse (`reset`): a chunk a
+/// process took before then is no longer its own.
+const GENERATION_AT: usize = 192;
+
 /// Workers take the region in chunks of this many bytes (and map a chunk's
 /// pages at once, far cheaper than a page fault each), then pack into
 /// their chunk without touching the shared cursor.
 const CHUNK: u64 = 64 * 1024;
 
-/// The chunk this process packs into: (pid, region address, next, end).
-static CHUNK_OF: std::sync::Mutex<(i32, usize, u64, u64)> = std::sync::Mutex::new((0, 0, 0, 0));
+/// The chunk this process packs into: who took it, and which part is left.
+struct Chunk {
+    pid: i32,
+    region: usize,
+    generation: u64,
+    next: u64,
+    end: u64,
+}
+
+static CHUNK_OF: std::sync::Mutex<Chunk> = std::sync::Mutex::new(Chunk {
+    pid: 0,
+    region: 0,
+    generation: 0,
+    next: 0,
+    end: 0,
+});
 
 pub struct Region {
     addr: usize,
@@ -130,11 +148,15 @@ impl Region {
     /// `len` bytes (a multiple of 8) of this process's chunk.
     fn take(&self, len: u64) -> Option<u64> {
         let me = pid::current();
+        let generation = self.counter(GENERATION_AT).load(Ordering::SeqCst);
         let mut chunk = CHUNK_OF.lock().unwrap_or_else(|e| e.into_inner());
-        let (owner, region, next, end) = *chunk;
-        if owner == me && region == self.addr && next + len <= end {
-            chunk.2 = next + len;
-            return Some(next);
+        if chunk.pid == me
+            && chunk.region == self.addr
+            && chunk.generation == generation
+            && chunk.next + len <= chunk.end
+        {
+            chunk.next += len;
+            return Some(chunk.next - len);
         }
         let want = len.max(CHUNK).next_multiple_of(CHUNK);
         let start = self.cursor().fetch_add(want, Ordering::SeqCst);
@@ -142,8 +164,24 @@ impl Region {
         // SAFETY: a range of our mapping this process just took. Failure
         // (an old kernel) only means its pages are faulted in as written.
         unsafe { segment::populate(self.addr + start as usize, want as usize) };
-        *chunk = (me, self.addr, start + len, stop);
+        *chunk = Chunk {
+            pid: me,
+            region: self.addr,
+            generation,
+            next: start + len,
+            end: stop,
+        };
         Some(start)
+    }
+
+    /// Empties the region for another call of the processes that share it:
+    /// what was packed and claimed is forgotten, and every process takes a
+    /// new chunk. Only when none of them packs or claims (between calls).
+    pub fn reset(&self) {
+        self.counter(CLAIMED_AT).store(0, Ordering::SeqCst);
+        self.counter(STOPPED_AT).store(0, Ordering::SeqCst);
+        self.counter(GENERATION_AT).fetch_add(1, Ordering::SeqCst);
+        self.cursor().store(DATA_START, Ordering::SeqCst);
     }
 
     /// Packs a copy of `data`; `None` when the region is full.
@@ -165,6 +203,31 @@ impl Region {
         Ok(unsafe {
             std::slice::from_raw_parts((self.addr + offset as usize) as *const u8, len as usize)
         })
+    }
+
+    /// Gives back the memory of the whole pages inside `offset..offset +
+    /// len`, a range the receiver has read (`read`) and copied out: nothing
+    /// reads it again (each packed range is read once, by one process), and
+    /// its sender packs only past it, so its pages can go now instead of when
+    /// the region does (the receiver would otherwise hold each small result
+    /// twice: in the region, and in its own array). A hint: nothing happens
+    /// where the kernel cannot.
+    pub fn consumed(&self, offset: u64, len: u64) {
+        let page = crate::sys::page_size() as u64;
+        let first = offset.next_multiple_of(page);
+        let end = (offset + len) / page * page;
+        if end > first {
+            // SAFETY: whole pages of our shared mapping that nothing reads
+            // or writes again (see above); MADV_REMOVE frees their memory
+            // and later reads would see zeros, never fault.
+            unsafe {
+                libc::madvise(
+                    (self.addr + first as usize) as *mut libc::c_void,
+                    (end - first) as usize,
+                    libc::MADV_REMOVE,
+                );
+            }
+        }
     }
 
     /// Unmaps the region in this process.

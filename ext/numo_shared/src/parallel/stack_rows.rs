@@ -12,6 +12,7 @@ use magnus::{rb_sys::AsRawValue, RArray, RClass, Ruby, Value};
 
 use crate::error::Result;
 use crate::memory::file;
+use crate::memory::live;
 use crate::memory::segment::Segment;
 use crate::numo::facts;
 use crate::numo::plan;
@@ -31,9 +32,10 @@ pub fn create_target(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value>
     if plan.bytes == 0 {
         return plan.wrap(klass, None);
     }
-    let (segment, fd) = Segment::anonymous_keeping_file(plan.bytes)?;
-    let serial = segment.serial();
-    let obj = plan.wrap(klass, Some(segment))?;
+    let (segment, fd) = Segment::anonymous(plan.bytes)?;
+    let mapping = live::share(segment, live::keep_copy(&fd).map(|kept| (kept, 0)));
+    let serial = mapping.serial();
+    let obj = plan.wrap(klass, Some(mapping))?;
     files().push((serial, fd));
     Ok(obj)
 }

@@ -8,6 +8,7 @@ use magnus::{prelude::*, RArray, RClass, RString, Ruby, Value};
 
 use crate::error::{human_bytes, Error, Result};
 use crate::memory::file;
+use crate::memory::live;
 use crate::memory::segment::{Access, Segment};
 use crate::numo::plan::{self, Plan};
 use crate::sys::{self, Errno};
@@ -149,13 +150,15 @@ impl Request<'_> {
         let segment = if plan.bytes == 0 {
             None
         } else {
-            Some(Segment::map_fd(
+            let segment = Segment::map_fd(
                 fd,
                 map_start as u64,
                 end - map_start,
                 what,
                 self.mode.access(),
-            )?)
+            )?;
+            let kept = live::keep_copy(fd).map(|kept| (kept, map_start as u64));
+            Some(live::share(segment, kept))
         };
         let array = plan.wrap_at(self.klass, segment, start - map_start)?;
         if self.mode == FileMode::Read {

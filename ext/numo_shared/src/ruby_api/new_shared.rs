@@ -3,6 +3,7 @@
 use magnus::{RArray, RClass, Ruby, Value};
 
 use crate::error::Result;
+use crate::memory::live;
 use crate::memory::segment::Segment;
 use crate::numo::plan;
 
@@ -10,10 +11,11 @@ use crate::numo::plan;
 /// segment (no memory for zero bytes).
 pub fn create(ruby: &Ruby, klass: RClass, shape: RArray) -> Result<Value> {
     let plan = plan::plan(ruby, klass, shape)?;
-    let segment = if plan.bytes == 0 {
+    let mapping = if plan.bytes == 0 {
         None
     } else {
-        Some(Segment::anonymous(plan.bytes)?)
+        let (segment, fd) = Segment::anonymous(plan.bytes)?;
+        Some(live::share(segment, live::keep(fd).map(|kept| (kept, 0))))
     };
-    plan.wrap(klass, segment)
+    plan.wrap(klass, mapping)
 }
