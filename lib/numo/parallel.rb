@@ -4,6 +4,7 @@ require "parallel"
 require "stringio"
 require_relative "shared"
 require_relative "parallel/batched_map"
+require_relative "parallel/pool"
 require_relative "parallel/result_dump"
 require_relative "parallel/stack"
 

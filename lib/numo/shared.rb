@@ -76,11 +76,17 @@ module Numo
     #   # @api private
     #   module Native; end
     #
-    #   # What one Numo::Parallel call shares between the parent and its
-    #   # workers (a token, a region for small results, the socket that
+    #   # What one Numo::Parallel call (or Pool) shares between the parent
+    #   # and its workers (a token, a region for small arrays, the socket that
     #   # carries large results' memfds).
     #   # @api private
     #   class Arena; end
+    #
+    #   # What a Numo::Parallel::Pool shares with one of its workers: the
+    #   # socket that carries large items' memfds and the files of shared
+    #   # arrays the worker does not map yet.
+    #   # @api private
+    #   class WorkerLink; end
     #
     #   # Every shared array is extended with it: refuses +initialize+ and
     #   # +initialize_copy+, which would re-shape it over a mapping of the

@@ -86,11 +86,13 @@ impl Arena {
     }
 
     /// `arena.reset` in a pool's parent between calls: empties the region
-    /// (see `Region::reset`).
+    /// (see `Region::reset`), and unmaps results nobody will claim (a killed
+    /// worker's).
     pub fn reset(&self) {
         if let Some(region) = &self.shared.region {
             region.reset();
         }
+        self.shared.channel.discard_arrivals();
     }
 
     /// `arena.keep_files(on)` in a pool's parent: the files of shared arrays

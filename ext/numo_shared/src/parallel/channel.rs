@@ -265,6 +265,13 @@ impl Channel {
         self.arrived.notify_all();
     }
 
+    /// Unmaps every memfd that arrived and was not taken: between a pool's
+    /// calls, what is left is a killed worker's, never to be claimed.
+    pub fn discard_arrivals(&self) {
+        let leftovers: Vec<Arrival> = self.lock_inbox().blocks.drain().map(|(_, a)| a).collect();
+        leftovers.into_iter().for_each(Arrival::discard);
+    }
+
     /// In a receiver without a thread: maps every memfd waiting in the
     /// socket now.
     pub fn drain(&self) {

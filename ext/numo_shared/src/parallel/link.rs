@@ -93,10 +93,15 @@ impl Link {
         self.0.channel.forget_files(&serials);
     }
 
-    /// `link.close` in the parent: closes its end.
+    /// `link.close`: in the parent, closes its end (and everything the
+    /// channel holds); in any other process (a sibling worker forked later),
+    /// only that process's copies of the descriptors.
     pub fn close(&self) {
         if pid::current() == self.0.parent {
             self.0.channel.close();
+        } else {
+            self.0.channel.close_receiver_copy();
+            self.0.channel.close_sender_copy();
         }
     }
 }

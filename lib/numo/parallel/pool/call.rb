@@ -1,0 +1,149 @@
+# frozen_string_literal: true
+
+module Numo
+  module Parallel
+    class Pool
+      # One call of a pool (+map+, +each+, ...): sends the items to the
+      # workers in chunks, collects the values in item order, and stops at
+      # the first item that raises, breaks or kills, or at a dead worker.
+      #
+      # Without +sticky+, a worker that answers gets the next chunk: its
+      # size is what runs in about BATCH_SECONDS at the items' measured pace
+      # (one item until a pace is known), and never more than an even share
+      # of what is left among the workers that are free.
+      # With +sticky+, item +i+ goes to worker +i % workers+, all of a
+      # worker's items in one message.
+      # @api private
+      class Call
+        # A chunk runs items for about this long.
+        BATCH_SECONDS = 0.002
+
+        attr_reader :seconds_per_item
+
+        def initialize(workers, items, options)
+          @workers = workers
+          @items = items
+          @with_index = options[:with_index]
+          @finish = options[:finish]
+          @returns = options[:returns] || !@finish.nil?
+          @sticky = options[:sticky]
+          @seconds_per_item = options[:seconds_per_item]
+          @id = options[:id]
+          @results = Array.new(items.size)
+          @queues = queues
+        end
+
+        # Runs the call; returns the values in item order (or the items,
+        # for +each+), or the value of a Parallel::Break; raises what an item
+        # raised, or Parallel::DeadWorker.
+        def run
+          @workers.each { |worker| dispatch(worker) }
+          collect while @workers.any?(&:busy?)
+          raise @failure if @failure
+          return @break.value if @break
+
+          @results
+        end
+
+        private
+
+        # The indices each worker takes from: one queue for all, or one each.
+        def queues
+          indices = (0...@items.size).to_a
+          return Array.new(@workers.size, indices) unless @sticky
+
+          Array.new(@workers.size) { |w| indices.select { |i| i % @workers.size == w } }
+        end
+
+        def dispatch(worker)
+          return if @stopped || !worker.alive?
+
+          queue = @queues[worker.index]
+          return if queue.empty?
+
+          chunk = queue.shift(chunk_size(queue.size)).map { |i| [i, @items[i]] }
+          worker.send_chunk(@id, chunk, with_index: @with_index, returns: @returns)
+          fail_with(dead(worker)) unless worker.alive?
+        end
+
+        def chunk_size(left)
+          return left if @sticky
+          return 1 unless @seconds_per_item
+
+          free = @workers.count { |w| w.alive? && !w.busy? }
+          share = (left.to_f / [free, 1].max).ceil
+          (BATCH_SECONDS / [@seconds_per_item, 1e-7].max).floor.clamp(1, [share, 1].max)
+        end
+
+        # Waits for the next answers and takes them.
+        def collect
+          busy = @workers.select(&:busy?)
+          readable, = IO.select(busy.map(&:socket))
+          readable.each { |socket| take(busy.find { |w| w.socket.equal?(socket) }) }
+        end
+
+        def take(worker)
+          message = worker.receive
+          worker.call = nil
+          return lost(worker) unless message
+
+          kind, _id, indices, values, seconds, index, exception = message
+          keep(indices, values)
+          pace(indices.size, seconds)
+          kind == :raised ? raised(index, exception) : dispatch(worker)
+        end
+
+        # Loads the values (their NArrays from shared memory) in place;
+        # calls the finish hook.
+        def keep(indices, values)
+          indices.each_with_index do |index, n|
+            value = values[n] && Marshal.load(values[n]) # rubocop:disable Security/MarshalLoad -- our workers' values
+            @results[index] = value if @returns
+            @finish&.call(@items[index], index, value)
+          end
+        end
+
+        def pace(count, seconds)
+          return unless count.positive? && seconds
+
+          per_item = seconds / count
+          @seconds_per_item = @seconds_per_item ? (@seconds_per_item + per_item) / 2 : per_item
+        end
+
+        def raised(index, exception)
+          if exception.is_a?(::Parallel::Break)
+            @break ||= exception
+            kill_busy_workers if exception.is_a?(::Parallel::Kill)
+            @stopped = true
+          else
+            fail_with(exception, index)
+          end
+        end
+
+        # A worker that died: unless this call killed it.
+        def lost(worker)
+          fail_with(dead(worker)) unless @killed
+        end
+
+        def dead(worker)
+          ::Parallel::DeadWorker.new("worker #{worker.index} (pid #{worker.pid}) of the pool died")
+        end
+
+        def fail_with(exception, _index = nil)
+          @failure ||= exception
+          @stopped = true
+        end
+
+        # Parallel::Kill: the other workers stop at once (they are replaced
+        # before the next call), as the gem kills its other workers.
+        def kill_busy_workers
+          @killed = true
+          @workers.select(&:busy?).each do |worker|
+            worker.kill
+            worker.call = nil
+          end
+        end
+      end
+    end
+  end
+end
