@@ -84,6 +84,16 @@ RSpec.describe Numo::Parallel::Pool do
       expect { kept.map([1]) }.to raise_error(IOError, "closed Numo::Parallel::Pool")
     end
 
+    it "sends chunks and answers over the workers' sockets when the region cannot hold them" do
+      out = run_ruby(<<~RUBY)
+        Process.setrlimit(:FSIZE, 512 * 1024) # no region of 1 MiB or more can be made
+        Numo::Parallel::Pool.open(in_processes: 2, work: ->(x, _) { [x, Numo::DFloat.new(1000).fill(x)] }) do |pool|
+          3.times { p pool.map(0...5).map { |x, a| x + a.sum } }
+        end
+      RUBY
+      expect(out).to eq("[0.0, 1001.0, 2002.0, 3003.0, 4004.0]\n" * 3)
+    end
+
     it "refuses a pool without work, and a bad in_processes" do
       expect { described_class.new(in_processes: 1) }
         .to raise_error(ArgumentError, "a pool needs its work: a block (|item, state|) or work:")

@@ -16,6 +16,7 @@ mod sys;
 use magnus::{function, method, prelude::*, rb_sys::AsRawValue, RClass, RModule, Ruby, Value};
 
 use crate::numo::{guards, installed, layout, marshal, shared_array};
+use crate::parallel::doorbell::Doorbell;
 use crate::parallel::link::Link;
 use crate::parallel::{arena::Arena, export, exporting, load, stack_rows, worker};
 use crate::ruby_api::{memmap, named, new_shared};
@@ -84,6 +85,8 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     arena.define_method("stop_claims", method!(Arena::stop_claims, 1))?;
     arena.define_method("claims_stopped", method!(Arena::claims_stopped, 0))?;
     arena.define_method("reset", method!(Arena::reset, 0))?;
+    arena.define_method("pack", method!(Arena::pack, 1))?;
+    arena.define_method("unpack", method!(Arena::unpack, 2))?;
     arena.define_method("keep_files", method!(Arena::keep_files, 1))?;
 
     // Numo::Parallel::Pool: what it shares with one worker.
@@ -95,6 +98,20 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     link.define_method("forgotten", method!(Link::forgotten, 0))?;
     link.define_method("forget", method!(Link::forget, 1))?;
     link.define_method("close", method!(Link::close, 0))?;
+
+    let bell = shared.define_class("Doorbell", ruby.class_object())?;
+    bell.const_set("ON_SOCKET", parallel::doorbell::ON_SOCKET)?;
+    bell.define_singleton_method("new", function!(Doorbell::new, 1))?;
+    bell.define_method("ring", method!(Doorbell::ring, 3))?;
+    bell.define_method("wait_bell", method!(Doorbell::wait_bell, 3))?;
+    bell.define_method("message", method!(Doorbell::message, 1))?;
+    bell.define_method("rung", method!(Doorbell::rung, 1))?;
+    bell.define_method("answer", method!(Doorbell::answer, 3))?;
+    bell.define_method("answered", method!(Doorbell::answered, 1))?;
+    bell.define_method("answer_of", method!(Doorbell::answer_of, 1))?;
+    bell.define_method("answers", method!(Doorbell::answers, 0))?;
+    bell.define_method("wait_answers", method!(Doorbell::wait_answers, 2))?;
+    bell.define_method("close", method!(Doorbell::close, 0))?;
 
     // Every shared array is extended with it (see numo/guards.rs).
     let reinit = shared.define_module("Reinitialization")?;

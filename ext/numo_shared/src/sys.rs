@@ -309,6 +309,35 @@ pub fn wait_readable(fd: RawFd) -> SysResult<()> {
     }
 }
 
+/// Waits while the 32-bit word at `word` (in memory shared between
+/// processes) holds `expected`, at most `timeout_ms` milliseconds (a futex).
+/// Returns early when woken, when the word differs, or on a signal.
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout_ms: u64) {
+    let timeout = libc::timespec {
+        tv_sec: (timeout_ms / 1000) as libc::time_t,
+        tv_nsec: ((timeout_ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned word and sleeps; the timespec
+    // lives for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &timeout as *const libc::timespec,
+        );
+    }
+}
+
+/// Wakes every process waiting on `word` (see `futex_wait`).
+pub fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: FUTEX_WAKE only reads the word's address.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}
+
 /// `/dev/null`, read-only: a descriptor held in reserve, to be closed so
 /// that a descriptor about to arrive finds a free slot.
 pub fn spare_descriptor() -> Option<OwnedFd> {

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative "pool/call"
+require_relative "pool/frames"
 require_relative "pool/worker"
 require_relative "pool/worker_loop"
 
@@ -85,21 +86,27 @@ module Numo
       # exit, or when a pool nobody closed is collected.
       # @api private
       class Closer
-        def initialize(owner, workers, arena)
+        def initialize(owner, workers, arena, doorbell)
           @owner = owner
           @workers = workers
           @arena = arena
+          @doorbell = doorbell
         end
 
         def call(*)
           return if @done || Process.pid != @owner
 
           @done = true
+          @doorbell.close
           @workers.each(&:stop)
           @arena.keep_files(false)
           @arena.close
         end
       end
+
+      # What the workers are forked with (see Worker and WorkerLoop).
+      # @api private
+      attr_reader :arena, :doorbell, :setup, :work
 
       # How many worker processes the pool has.
       # @return [Integer]
@@ -242,8 +249,9 @@ module Numo
         ResultDump.install # this process exports its items' NArrays
         @arena = Numo::Shared::Arena.new
         @arena.keep_files(true)
+        @doorbell = Numo::Shared::Doorbell.new(@workers)
         @processes = []
-        @closer = Closer.new(@owner, @processes, @arena)
+        @closer = Closer.new(@owner, @processes, @arena, @doorbell)
         self.class.track(self, @closer)
         ObjectSpace.define_finalizer(self, @closer)
         @workers.times { |i| spawn(i) }
@@ -255,7 +263,7 @@ module Numo
       end
 
       def spawn(index)
-        worker = Worker.spawn(index, @arena, @setup, @work, @processes.compact)
+        worker = Worker.spawn(index, self, @processes.compact)
         @processes[index] = worker
       end
 
@@ -276,7 +284,7 @@ module Numo
       # Timeout) leaves workers mid-chunk, which are then replaced.
       def run_call(items, options)
         @calls += 1
-        call = Call.new(@processes, items, options.merge(id: @calls, seconds_per_item: @seconds_per_item))
+        call = Call.new(@processes, @doorbell, items, options.merge(id: @calls, seconds_per_item: @seconds_per_item))
         finished = false
         result = call.run
         finished = true

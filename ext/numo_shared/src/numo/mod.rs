@@ -8,6 +8,7 @@ pub mod guards;
 pub mod installed;
 pub mod layout;
 pub mod marshal;
+pub mod nogvl;
 pub mod plan;
 pub mod ruby_alloc;
 pub mod shape;

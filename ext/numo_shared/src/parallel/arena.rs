@@ -106,6 +106,26 @@ impl Arena {
         }
     }
 
+    /// `arena.pack(bytes)`: a copy of `bytes` (a String) in the region, for
+    /// another process sharing the arena to read; its offset, or nil when
+    /// the region is full (or missing).
+    pub fn pack(&self, bytes: magnus::RString) -> Option<u64> {
+        let region = self.shared.region.as_ref()?;
+        // SAFETY: the bytes are copied before any Ruby code runs.
+        region.pack(unsafe { bytes.as_slice() })
+    }
+
+    /// `arena.unpack(at, len)`: a String with a copy of the `len` bytes
+    /// packed at `at` (by `pack`, in another process).
+    pub fn unpack(&self, at: u64, len: u64) -> Result<magnus::RString> {
+        let region = self
+            .shared
+            .region
+            .as_ref()
+            .ok_or_else(|| Error::Argument("this arena has no region".into()))?;
+        crate::numo::ruby_alloc::binary_string(region.read(at, len)?)
+    }
+
     /// `arena.owner_pid`: the process that made the arena.
     pub fn owner_pid(&self) -> i32 {
         self.shared.owner

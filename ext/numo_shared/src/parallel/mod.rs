@@ -7,6 +7,7 @@
 
 pub mod arena;
 pub mod channel;
+pub mod doorbell;
 pub mod export;
 pub mod exporting;
 pub mod handle;

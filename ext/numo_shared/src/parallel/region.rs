@@ -32,6 +32,13 @@ const STOPPED_AT: usize = 128;
 /// process took before then is no longer its own.
 const GENERATION_AT: usize = 192;
 
+/// A number naming this region among all the regions of its processes: a
+/// later region may be mapped at a freed one's address.
+const IDENTITY_AT: usize = 256;
+
+/// The identity of the next region this process makes.
+static NEXT_IDENTITY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Workers take the region in chunks of this many bytes (and map a chunk's
 /// pages at once, far cheaper than a page fault each), then pack into
 /// their chunk without touching the shared cursor.
@@ -40,7 +47,7 @@ const CHUNK: u64 = 64 * 1024;
 /// The chunk this process packs into: who took it, and which part is left.
 struct Chunk {
     pid: i32,
-    region: usize,
+    region: u64,
     generation: u64,
     next: u64,
     end: u64,
@@ -90,6 +97,9 @@ impl Region {
         .ok()?;
         let region = Region { addr, len };
         region.cursor().store(DATA_START, Ordering::SeqCst);
+        let identity = (u64::from(pid::current() as u32) << 32)
+            | NEXT_IDENTITY.fetch_add(1, Ordering::Relaxed);
+        region.counter(IDENTITY_AT).store(identity, Ordering::SeqCst);
         Some(region)
     }
 
@@ -149,9 +159,10 @@ impl Region {
     fn take(&self, len: u64) -> Option<u64> {
         let me = pid::current();
         let generation = self.counter(GENERATION_AT).load(Ordering::SeqCst);
+        let identity = self.counter(IDENTITY_AT).load(Ordering::SeqCst);
         let mut chunk = CHUNK_OF.lock().unwrap_or_else(|e| e.into_inner());
         if chunk.pid == me
-            && chunk.region == self.addr
+            && chunk.region == identity
             && chunk.generation == generation
             && chunk.next + len <= chunk.end
         {
@@ -166,7 +177,7 @@ impl Region {
         unsafe { segment::populate(self.addr + start as usize, want as usize) };
         *chunk = Chunk {
             pid: me,
-            region: self.addr,
+            region: identity,
             generation,
             next: start + len,
             end: stop,

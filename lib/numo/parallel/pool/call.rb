@@ -20,8 +20,9 @@ module Numo
 
         attr_reader :seconds_per_item
 
-        def initialize(workers, items, options)
+        def initialize(workers, doorbell, items, options)
           @workers = workers
+          @doorbell = doorbell
           @items = items
           @with_index = options[:with_index]
           @finish = options[:finish]
@@ -75,17 +76,27 @@ module Numo
           (BATCH_SECONDS / [@seconds_per_item, 1e-7].max).floor.clamp(1, [share, 1].max)
         end
 
-        # Waits for the next answers and takes them.
+        # How long a wait for answers lasts before the busy workers are
+        # looked at (one that ended will never answer).
+        WAIT_MS = 50
+
+        # Waits for the next answers (the doorbell wakes this process) and
+        # takes them; a worker that ended without answering is lost.
         def collect
-          busy = @workers.select(&:busy?)
-          readable, = IO.select(busy.map(&:socket))
-          readable.each { |socket| take(busy.find { |w| w.socket.equal?(socket) }) }
+          loop do
+            seen = @doorbell.answers
+            answered = @workers.select { |worker| worker.busy? && worker.answered? }
+            return answered.each { |worker| take(worker) } unless answered.empty?
+            next if @doorbell.wait_answers(seen, WAIT_MS) != seen
+
+            ended = @workers.select { |worker| worker.busy? && worker.ended? }
+            return ended.each { |worker| lost(worker) } unless ended.empty?
+          end
         end
 
         def take(worker)
           message = worker.receive
           worker.call = nil
-          return lost(worker) unless message
 
           kind, _id, indices, values, seconds, index, exception = message
           keep(indices, values)

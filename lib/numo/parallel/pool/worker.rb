@@ -6,31 +6,39 @@ module Numo
   module Parallel
     class Pool
       # The parent's side of one worker process of a pool: its pid, its
-      # socket, its WorkerLink, and what it is doing.
+      # socket, its WorkerLink, and what it is doing. Chunks and answers go
+      # through the pool's region, announced with its Doorbell (through the
+      # socket when the region is full); the socket also carries the setup's
+      # outcome, and its end tells that the worker is gone.
       # @api private
       class Worker
+        ON_SOCKET = Numo::Shared::Doorbell::ON_SOCKET
+
         attr_reader :index, :pid, :socket, :link
 
         # Forks worker +index+, which runs WorkerLoop; +others+ are the
         # pool's other workers, whose sockets the new process closes.
-        def self.spawn(index, arena, setup, work, others)
+        def self.spawn(index, pool, others)
           parent_end, child_end = UNIXSocket.pair
-          link = Numo::Shared::WorkerLink.new(arena)
+          link = Numo::Shared::WorkerLink.new(pool.arena)
           pid = fork do
             parent_end.close
             others.each(&:close_in_child)
-            WorkerLoop.new(index, child_end, link, arena, setup, work).run
+            WorkerLoop.new(index, child_end, link, pool).run
           end
           child_end.close
           link.in_parent
-          new(index, pid, parent_end, link)
+          new(index, pid, parent_end, link, pool)
         end
 
-        def initialize(index, pid, socket, link)
+        def initialize(index, pid, socket, link, pool)
           @index = index
           @pid = pid
           @socket = socket
           @link = link
+          @arena = pool.arena
+          @doorbell = pool.doorbell
+          @taken = @doorbell.answered(index) # a replacement's slot served another worker
           @call = nil
         end
 
@@ -47,13 +55,16 @@ module Numo
           !@call.nil?
         end
 
-        # The worker's first message: nil once it is ready, else the
-        # exception its setup raised (or DeadWorker if it died).
+        # The worker's first message, on its socket: nil once it is ready,
+        # else the exception its setup raised (or DeadWorker if it died).
         def wait_ready
-          case (message = receive)
+          data = Frames.read(@socket)
+          case data && Marshal.load(data) # rubocop:disable Security/MarshalLoad -- our worker's own message
           in [:ready] then nil
           in [:setup_failed, exception] then exception
-          else ::Parallel::DeadWorker.new("worker #{@index} (pid #{@pid}) died during setup: #{message.inspect}")
+          else
+            died
+            ::Parallel::DeadWorker.new("worker #{@index} (pid #{@pid}) of the pool died during its setup")
           end
         end
 
@@ -62,18 +73,37 @@ module Numo
         def send_chunk(id, items, with_index:, returns:)
           message = [:call, id, with_index, returns, @link.forgotten, items]
           @link.arm_items(message)
-          Marshal.dump(message, @socket)
+          data = Marshal.dump(message)
+          at = @arena.pack(data) || (Frames.write(@socket, data) && ON_SOCKET)
+          @doorbell.ring(@index, at, data.bytesize)
           @call = id
         rescue Errno::EPIPE, Errno::ECONNRESET, IOError
           died
         end
 
-        # The worker's next message, nil when it died (and is marked so).
+        # Whether the worker answered its chunk.
+        def answered?
+          @doorbell.answered(@index) > @taken
+        end
+
+        # The worker's answer to its chunk.
         def receive
-          Marshal.load(@socket) # rubocop:disable Security/MarshalLoad -- our worker's own messages
-        rescue EOFError, Errno::ECONNRESET, IOError
+          at, len = @doorbell.answer_of(@index)
+          data = at == ON_SOCKET ? Frames.read(@socket) : @arena.unpack(at, len)
+          @taken += 1
+          Marshal.load(data) # rubocop:disable Security/MarshalLoad -- our worker's own answer
+        end
+
+        # Whether the worker's process has ended (it is then marked dead).
+        def ended?
+          return false unless Process.waitpid(@pid, Process::WNOHANG)
+
+          @reaped = true
           died
-          nil
+          true
+        rescue Errno::ECHILD
+          died
+          true
         end
 
         def died
@@ -91,7 +121,7 @@ module Numo
 
         # Kills the worker at once (SIGKILL) and waits for it.
         def kill
-          Process.kill(:KILL, @pid)
+          Process.kill(:KILL, @pid) unless @reaped
         rescue Errno::ESRCH
           nil
         ensure
@@ -108,6 +138,8 @@ module Numo
         private
 
         def reap(grace)
+          return if @reaped
+
           deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + grace
           loop do
             return if Process.waitpid(@pid, Process::WNOHANG)
@@ -121,6 +153,7 @@ module Numo
           nil
         ensure
           @dead = true
+          @reaped = true
         end
       end
     end

@@ -5,37 +5,45 @@ module Numo
     class Pool
       # What a pool's worker process runs, from its fork to its exit: the
       # setup once, then every chunk of items its parent sends, until the
-      # parent closes its end (or dies).
+      # pool closes or the parent is gone.
       #
-      # Messages are Marshal data on the worker's socket. The parent sends
-      # +[:call, id, with_index, returns, forget, [[index, item], ...]]+,
-      # the items' NArrays exported to this worker (by reference, or copied
-      # once into memory it maps; see WorkerLink). The worker answers
-      # +[:done, id, indices, values, seconds]+ (each value marshaled as its
-      # item ends, its NArrays exported to the parent), or
+      # Messages are Marshal data in the pool's region, announced by the
+      # pool's Doorbell (on the worker's socket when the region is full).
+      # The parent sends +[:call, id, with_index, returns, forget, [[index,
+      # item], ...]]+, the items' NArrays exported to this worker (by
+      # reference, or copied once into memory it maps; see WorkerLink). The
+      # worker answers +[:done, id, indices, values, seconds]+ (each value
+      # marshaled as its item ends, its NArrays exported to the parent), or
       # +[:raised, id, indices, values, seconds, index, exception]+ when an
-      # item raised (the items before it are answered). At start it sends
-      # +[:ready]+, or +[:setup_failed, exception]+.
+      # item raised (the items before it are answered). At start it writes
+      # +[:ready]+, or +[:setup_failed, exception]+, on its socket.
       # @api private
       class WorkerLoop
-        def initialize(index, socket, link, arena, setup, work)
+        # How long a wait for the next chunk lasts before the worker looks
+        # whether its parent is still there.
+        WAIT_MS = 200
+
+        def initialize(index, socket, link, pool)
           @index = index
           @socket = socket
           @link = link
-          @arena = arena
-          @setup = setup
-          @work = work
+          @arena = pool.arena
+          @doorbell = pool.doorbell
+          @setup = pool.setup
+          @work = pool.work
+          @parent = Process.ppid
         end
 
-        # Runs until the parent is gone; never returns (the process ends
-        # with exit!, so that the parent's at_exit hooks, inherited by the
-        # fork, do not run once per worker).
+        # Runs until the pool closes or the parent is gone; never returns
+        # (the process ends with exit!, so that the parent's at_exit hooks,
+        # inherited by the fork, do not run once per worker).
         def run
           ::Parallel.worker_number = @index
           @link.in_worker(@arena)
           ResultDump.install
+          seen = @doorbell.rung(@index) # before [:ready]: a replacement's slot served another worker
           @state = set_up or exit!(1)
-          serve
+          catch(:orphaned) { serve(seen) }
           exit!(0)
         rescue Errno::EPIPE, Errno::ECONNRESET, IOError
           exit!(0) # the parent is gone
@@ -45,33 +53,44 @@ module Numo
 
         def set_up
           state = @setup&.call(@index)
-          send_message([:ready])
+          Frames.write(@socket, Marshal.dump([:ready]))
           [state]
         rescue Exception => e # rubocop:disable Lint/RescueException -- reported to the parent, which raises it
-          send_message([:setup_failed, Pool.dumpable(e)])
+          Frames.write(@socket, Marshal.dump([:setup_failed, Pool.dumpable(e)]))
           nil
         end
 
-        def serve
-          while (message = receive)
-            break unless message.first == :call
+        def serve(seen)
+          loop do
+            bell = @doorbell.wait_bell(@index, seen, WAIT_MS)
+            return if bell.negative? # the pool closes
+            next return_if_orphaned if bell == seen
 
-            _, id, with_index, returns, forget, chunk = message
+            seen += 1
+            _, id, with_index, returns, forget, chunk = receive
             @link.forget(forget) unless forget.empty?
-            send_message(run_chunk(id, with_index, returns, chunk))
+            answer(run_chunk(id, with_index, returns, chunk))
           end
         end
 
-        # Marshal data from the parent, or nil once it closed its end. The
-        # items' NArrays are loaded as their handles say (see load_handle).
-        def receive
-          Marshal.load(@socket) # rubocop:disable Security/MarshalLoad -- the parent's own messages
-        rescue EOFError
-          nil
+        def return_if_orphaned
+          throw :orphaned if Process.ppid != @parent
         end
 
-        def send_message(message)
-          Marshal.dump(message, @socket)
+        # The parent's message. The items' NArrays are loaded as their
+        # handles say (see load_handle).
+        def receive
+          at, len = @doorbell.message(@index)
+          data = at == Worker::ON_SOCKET ? Frames.read(@socket) : @arena.unpack(at, len)
+          raise IOError, "the pool's parent is gone" unless data
+
+          Marshal.load(data) # rubocop:disable Security/MarshalLoad -- the parent's own message
+        end
+
+        def answer(message)
+          data = Marshal.dump(message)
+          at = @arena.pack(data) || (Frames.write(@socket, data) && Worker::ON_SOCKET)
+          @doorbell.answer(@index, at, data.bytesize)
         end
 
         # Runs the items of one chunk, marshaling each value as its item ends.
