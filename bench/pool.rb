@@ -36,7 +36,7 @@ def ballast(mib)
   return [] if mib < 64
 
   floats = Numo::DFloat.new((mib * 0.6 * (1 << 20) / 8).to_i).fill(1.0)
-  strings = Array.new((mib * 0.4 * (1 << 20) / 128).to_i) { |i| "ballast string number #{i}".dup }
+  strings = Array.new((mib * 0.4 * (1 << 20) / 128).to_i) { |i| "ballast string number #{i}" }
   [floats, strings]
 end
 

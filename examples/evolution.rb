@@ -73,9 +73,9 @@ if $PROGRAM_NAME == __FILE__
   with_map, map_seconds = search(forking)
   puts "#{GENERATIONS} generations of #{POPULATION} candidates on #{SAMPLES} x #{FEATURES} samples " \
        "(#{(DATA.byte_size + TARGETS.byte_size) >> 20} MiB, shared), #{WORKERS} workers"
-  puts format("  Numo::Parallel::Pool:  %8.1f ms per generation", pool_seconds * 1000)
-  puts format("  Numo::Parallel.map:    %8.1f ms per generation (%.1fx the pool's)",
-              map_seconds * 1000, map_seconds / pool_seconds)
+  puts format("  Numo::Parallel::Pool:  %<ms>8.1f ms per generation", ms: pool_seconds * 1000)
+  puts format("  Numo::Parallel.map:    %<ms>8.1f ms per generation (%<ratio>.1fx the pool's)",
+              ms: map_seconds * 1000, ratio: map_seconds / pool_seconds)
   puts "  same weights found: #{with_pool == with_map}; distance to the true weights: " \
        "#{format('%.4f', Math.sqrt(((with_pool - TRUE_WEIGHTS)**2).sum))}"
   exit(with_pool == with_map ? 0 : 1)

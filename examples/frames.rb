@@ -34,8 +34,8 @@ def ball_path(rng)
   dx = 3
   dy = 2
   Array.new(STEPS) do
-    dx = -dx unless (0..WIDTH - 9).cover?(x + dx)
-    dy = -dy unless (0..HEIGHT - 9).cover?(y + dy)
+    dx = -dx unless (0..(WIDTH - 9)).cover?(x + dx)
+    dy = -dy unless (0..(HEIGHT - 9)).cover?(y + dy)
     [x += dx, y += dy]
   end
 end

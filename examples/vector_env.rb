@@ -18,45 +18,47 @@
 
 require "numo/parallel"
 
-# A trivial game: a dot that the action moves left, not at all, or right.
-# Its state (the dot's column and the step count) lives in +state+, a row of
-# a shared Int32[N, 2], so that it survives the workers of the per-step
-# variants; a pool's environment could as well keep it in itself.
-class DotEnv
-  SIZE = 84
-
-  def initialize(state, observation)
-    @state = state             # Int32[2]: column, steps taken
-    @observation = observation # UInt8[84, 84, 4]: the last 4 frames
-  end
-
-  def reset
-    @state[0] = SIZE / 2
-    @state[1] = 0
-    @observation.fill(0)
-  end
-
-  # Applies +action+ (0, 1 or 2); writes the new frame over the oldest one;
-  # returns the reward (1 when the dot is in the middle third).
-  def step(action)
-    column = (@state[0] + action - 1).clamp(0, SIZE - 1)
-    @state[0] = column
-    @state[1] += 1
-    frame = @state[1] % 4
-    @observation[true, true, frame] = 0
-    @observation[SIZE / 2, column, frame] = 255
-    column.between?(SIZE / 3, 2 * SIZE / 3) ? 1.0 : 0.0
-  end
-end
-
 # N environments over shared arrays: actions, observations, rewards, states.
 class VectorEnv
+  # A trivial game: a dot that the action moves left, not at all, or right.
+  # Its state (the dot's column and the step count) lives in +state+, a row
+  # of a shared Int32[N, 2], so that it survives the workers of the per-step
+  # variants; a pool's environment could as well keep it in itself.
+  class Dot
+    SIZE = 84
+
+    def initialize(state, observation)
+      @state = state             # Int32[2]: column, steps taken
+      @observation = observation # UInt8[84, 84, 4]: the last 4 frames
+    end
+
+    def reset
+      @state[0] = SIZE / 2
+      @state[1] = 0
+      @observation.fill(0)
+    end
+
+    # Applies +action+ (0, 1 or 2); writes the new frame over the oldest one;
+    # returns the reward (1 when the dot is in the middle third).
+    def step(action)
+      column = (@state[0] + action - 1).clamp(0, SIZE - 1)
+      @state[0] = column
+      draw(column, (@state[1] += 1) % 4)
+      column.between?(SIZE / 3, 2 * SIZE / 3) ? 1.0 : 0.0
+    end
+
+    def draw(column, frame)
+      @observation[true, true, frame] = 0
+      @observation[SIZE / 2, column, frame] = 255
+    end
+  end
+
   attr_reader :size, :actions, :observations, :rewards
 
   def initialize(size)
     @size = size
     @actions = Numo::Int32.new_shared(size)
-    @observations = Numo::UInt8.new_shared(size, DotEnv::SIZE, DotEnv::SIZE, 4)
+    @observations = Numo::UInt8.new_shared(size, Dot::SIZE, Dot::SIZE, 4)
     @rewards = Numo::DFloat.new_shared(size)
     @states = Numo::Int32.new_shared(size, 2)
     size.times { |i| env(i).reset }
@@ -64,7 +66,7 @@ class VectorEnv
 
   # Environment +i+, over its rows of the shared arrays.
   def env(index)
-    DotEnv.new(@states[index, true], @observations[index, true, true, true])
+    Dot.new(@states[index, true], @observations[index, true, true, true])
   end
 
   # What a worker does for environment +i+ in a step.
@@ -104,6 +106,6 @@ if $PROGRAM_NAME == __FILE__
   }
   pool.close
   puts "#{envs} environments, UInt8[#{envs},84,84,4] observations, #{Parallel.processor_count} cores"
-  rates.each { |name, rate| puts format("  %-32s %9.0f steps/s", name, rate) }
+  rates.each { |name, rate| puts format("  %<name>-32s %<rate>9.0f steps/s", name:, rate:) }
   puts "  rewards of the last step: #{vec.rewards.to_a.inspect}"
 end

@@ -15,9 +15,9 @@ RSpec.describe "the examples" do
 
   it "examples/vector_env.rb steps environments with a pool and per call, and they agree" do
     out = run_example(File.join(root, "examples/vector_env.rb"), { "ENVS" => "2", "STEPS" => "40" })
-    expect(out).to match(/Numo::Parallel::Pool \(sticky\)\s+\d+ steps\/s/)
-    expect(out).to match(/Numo::Parallel.each per step\s+\d+ steps\/s/)
-    expect(out).to match(/Parallel.each per step\s+\d+ steps\/s/)
+    expect(out).to match(%r{Numo::Parallel::Pool \(sticky\)\s+\d+ steps/s})
+    expect(out).to match(%r{Numo::Parallel.each per step\s+\d+ steps/s})
+    expect(out).to match(%r{Parallel.each per step\s+\d+ steps/s})
   end
 
   it "examples/evolution.rb finds the same weights with a pool as with a map per generation" do

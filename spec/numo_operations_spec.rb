@@ -11,21 +11,21 @@ RSpec.describe "Numo operations on shared arrays" do
   operations = {
     "slicing" => ->(a) { a[1..2, [0, 3]] },
     "a strided view" => ->(a) { a[true, (0..).step(2)] },
-    "transpose" => ->(a) { a.transpose },
+    "transpose" => lambda(&:transpose),
     "reshape" => ->(a) { a.reshape(4, 3) },
-    "dup" => ->(a) { a.dup },
+    "dup" => lambda(&:dup),
     "Marshal round trip" => ->(a) { Marshal.load(Marshal.dump(a)) },
     # Bit arrays round-trip through to_binary: bits past the end are unused.
     "to_binary" => ->(a) { a.is_a?(Numo::Bit) ? a.class.from_binary(a.to_binary, a.shape) : a.to_binary },
-    "to_a" => ->(a) { a.to_a },
-    "inspect" => ->(a) { a.inspect },
+    "to_a" => lambda(&:to_a),
+    "inspect" => lambda(&:inspect),
     "==" => ->(a) { a == a.dup }
   }.freeze
 
   numeric_operations = {
     "addition" => ->(a) { a + a },
     "multiplication by a scalar" => ->(a) { a * 3 },
-    "sum" => ->(a) { a.sum },
+    "sum" => lambda(&:sum),
     "sum along an axis" => ->(a) { a.sum(axis: 0) },
     "a dot product" => ->(a) { a.dot(a.transpose) },
     "comparison" => ->(a) { a.eq(a) }

@@ -112,7 +112,10 @@ RSpec.describe "Numo::Parallel memory" do
     it "stay the worker's own when a child it forks writes its copy, as with the gem" do
       block = lambda do |x|
         a = Numo::DFloat.new(100_000).seq(x)
-        Process.wait(fork { a[0] = -1; exit!(0) })
+        Process.wait(fork do
+          a[0] = -1
+          exit!(0)
+        end)
         [a[0], a]
       end
       ours = Numo::Parallel.map([1, 2], opts, &block)
@@ -134,8 +137,14 @@ RSpec.describe "Numo::Parallel memory" do
     it "stay the worker's own when a nested Numo::Parallel.map and stack write them" do
       ours = Numo::Parallel.map([1, 2], opts) do |x|
         a = Numo::DFloat.new(100_000).seq(x)
-        inner = Numo::Parallel.map([0, 1], in_processes: 2) { |j| a[j] = -1.0 - j; a }
-        rows = Numo::Parallel.stack([0, 1], type: Numo::DFloat, shape: [100_000], in_processes: 2) { |j| a[j] = -3.0; a }
+        inner = Numo::Parallel.map([0, 1], in_processes: 2) do |j|
+          a[j] = -1.0 - j
+          a
+        end
+        rows = Numo::Parallel.stack([0, 1], type: Numo::DFloat, shape: [100_000], in_processes: 2) do |j|
+          a[j] = -3.0
+          a
+        end
         [a[0], inner.map { |b| b[0..1].to_a }, rows[true, 0..1].to_a, a]
       end
       expect(ours.map(&:first)).to eq([1.0, 2.0])
@@ -199,7 +208,6 @@ RSpec.describe "Numo::Parallel memory" do
       RUBY
       expect(out).to eq("[40, true, true]\n")
     end
-
   end
 
   describe "stack rows" do

@@ -308,7 +308,7 @@ RSpec.describe "Numo::Parallel results" do
       expect(error).to eq("Errno::ENOMEM")
       expected = "Cannot allocate memory - mapping 1 bytes of shared memory (memfd): this process has NUM " \
                  "memory mappings, the kernel's limit (vm.max_map_count) is NUM;"
-      expect(message).to match(/\A#{Regexp.escape(expected).gsub("NUM", '\d+')}/)
+      expect(message).to match(/\A#{Regexp.escape(expected).gsub('NUM', '\d+')}/)
     end
   end
 end

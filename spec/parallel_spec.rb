@@ -171,7 +171,7 @@ RSpec.describe Numo::Parallel do
       bits = Numo::Bit.new_shared(1000)
       bits[(0..).step(3)] = 1
       views = [->(b) { b }, ->(b) { b[(1..).step(3)] }, ->(b) { b[5..20] }, ->(b) { b[[0, 3, 999, 4]] },
-               ->(b) { b.reverse }]
+               lambda(&:reverse)]
       results = described_class.map(0...views.size, opts) { |i| views[i].call(bits) }
       expect(results.map(&:to_a)).to eq(views.map { |view| view.call(bits).to_a })
       expect(results).to all(be_shared)

@@ -32,7 +32,10 @@ RSpec.describe Numo::Parallel::Pool do
 
     it "reuses the same workers call after call, each with the state its setup made once" do
       setups = Numo::Int32.new_shared(3)
-      p = pool(in_processes: 3, setup: ->(w) { setups[w] += 1; [w, Process.pid] }) { |_, state| state }
+      p = pool(in_processes: 3, setup: lambda { |w|
+        setups[w] += 1
+        [w, Process.pid]
+      }) { |_, state| state }
       seen = Array.new(20) { p.map(0...30) }.flatten(1).uniq.sort
       expect(seen.map(&:first)).to eq([0, 1, 2])
       expect(seen.map(&:last).uniq.size).to eq(3)
@@ -227,9 +230,9 @@ RSpec.describe Numo::Parallel::Pool do
 
     it "serves two threads that call it at once, one call after the other, never mixing their items" do
       p = pool(in_processes: 2) { |x, _| x }
-      values = Array.new(4) { |t| Thread.new { Array.new(20) { p.map((t * 100)...(t * 100 + 50)) } } }.map(&:value)
+      values = Array.new(4) { |t| Thread.new { Array.new(20) { p.map((t * 100)...((t * 100) + 50)) } } }.map(&:value)
       values.each_with_index do |calls, t|
-        expect(calls).to all(eq(((t * 100)...(t * 100 + 50)).to_a))
+        expect(calls).to all(eq(((t * 100)...((t * 100) + 50)).to_a))
       end
     end
 
@@ -275,13 +278,14 @@ RSpec.describe Numo::Parallel::Pool do
       Process.kill(:KILL, parent)
       Process.wait(parent)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
-      sleep 0.01 while pids.any? { |pid| File.exist?("/proc/#{pid}") } && Process.clock_gettime(Process::CLOCK_MONOTONIC) < deadline
+      alive = -> { pids.any? { |pid| File.exist?("/proc/#{pid}") } }
+      sleep 0.01 while alive.call && Process.clock_gettime(Process::CLOCK_MONOTONIC) < deadline
       expect(pids.map { |pid| File.exist?("/proc/#{pid}") }).to all(be(false))
     end
 
     it "keeps RSS, descriptors and mappings flat over 1,000 calls" do
       p = pool(in_processes: 2) { |x, _| [x, Numo::DFloat.new(x % 3 == 0 ? 20_000 : 10).fill(x)] }
-      calls = ->(n) { n.times { |i| p.map(0...(i % 7 + 1)) } }
+      calls = ->(n) { n.times { |i| p.map(0...((i % 7) + 1)) } }
       measure = lambda do
         full_gc
         [fd_count, File.foreach("/proc/self/maps").count, File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i]

@@ -230,7 +230,7 @@ module Numo
       # exports its NArrays (see ResultDump).
       def worker_block(arena, block, returns)
         lambda do |*item|
-          return block.call(*item) unless ResultDump.enter(arena) # the parent itself: threads, or no workers
+          return block.call(*item) unless ResultDump.worker?(arena) # the parent itself: threads, or no workers
 
           result = block.call(*item)
           arena.arm_exports(result) if returns

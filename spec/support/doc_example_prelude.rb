@@ -14,7 +14,8 @@ Numo::DFloat.memmap("features.npy", shape: [3, 4], mode: "w+").seq.flush
 
 # The checks that DocExamples.instrument puts in place of checked comments.
 module DocExampleChecks
-  Mismatch = Class.new(StandardError)
+  class Mismatch < StandardError
+  end
   @count = 0
 
   class << self

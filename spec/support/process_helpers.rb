@@ -2,7 +2,8 @@
 
 # Running code in a forked child and getting its value (or exception) back.
 module ProcessHelpers
-  ChildFailed = Class.new(StandardError)
+  class ChildFailed < StandardError
+  end
 
   # Runs the block in a forked child; returns what it returned, or the
   # exception it raised, as an object. The child skips at_exit handlers.

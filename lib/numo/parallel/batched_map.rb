@@ -59,7 +59,7 @@ module Numo
       # nil when it would not fork, when it takes the items one by one
       # from a lambda or a Queue, or when an option needs it per item.
       def self.workers_for(source, options)
-        return nil unless listed?(source) && options.is_a?(Hash) && (options.keys & PER_ITEM_OPTIONS).empty?
+        return nil unless listed?(source) && options.is_a?(Hash) && !options.keys.intersect?(PER_ITEM_OPTIONS)
 
         workers = options[:in_processes] || ::Parallel.processor_count
         workers if workers.is_a?(Integer) && workers.positive?
@@ -108,7 +108,7 @@ module Numo
       def round_trip(arena, block)
         run = item_runner(arena, block)
         lambda do |_job|
-          ResultDump.enter(arena)
+          ResultDump.worker?(arena)
           batch = Batch.new
           fill(batch, arena, run)
           batch.close(arena)

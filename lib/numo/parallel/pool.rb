@@ -1,7 +1,9 @@
 # frozen_string_literal: true
 
 require_relative "pool/call"
+require_relative "pool/ending"
 require_relative "pool/frames"
+require_relative "pool/processes"
 require_relative "pool/worker"
 require_relative "pool/worker_loop"
 
@@ -29,10 +31,6 @@ module Numo
     #   pool.map([1, 2], sticky: true).map(&:to_a) # => [[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]]
     #   pool.close
     class Pool
-      # The pools this process made and has not closed: closed at exit.
-      @open = {}
-      @open_lock = Mutex.new
-
       class << self
         # A pool as {#initialize} makes it, passed to the block and closed
         # when the block ends (returns or raises); returns what the block
@@ -54,59 +52,7 @@ module Numo
             pool.close
           end
         end
-
-        # Registers +pool+ for closing at exit; +nil+ unregisters it.
-        # @api private
-        def track(pool, closer)
-          @open_lock.synchronize do
-            at_exit { close_all } if @open.empty? && !@at_exit
-            @at_exit = true
-            closer ? @open[pool.object_id] = closer : @open.delete(pool.object_id)
-          end
-        end
-
-        # At exit, in the process that made them: every open pool's workers end.
-        # @api private
-        def close_all
-          closers = @open_lock.synchronize { @open.values.tap { @open = {} } }
-          closers.each(&:call)
-        end
-
-        # +exception+ as it can cross to another process: itself when
-        # Marshal can dump it, else Parallel::UndumpableException.
-        # @api private
-        def dumpable(exception)
-          Marshal.dump(exception) && exception
-        rescue StandardError
-          ::Parallel::UndumpableException.new(exception)
-        end
       end
-
-      # Ends a pool's workers and gives back its memory: at {#close}, at
-      # exit, or when a pool nobody closed is collected.
-      # @api private
-      class Closer
-        def initialize(owner, workers, arena, doorbell)
-          @owner = owner
-          @workers = workers
-          @arena = arena
-          @doorbell = doorbell
-        end
-
-        def call(*)
-          return if @done || Process.pid != @owner
-
-          @done = true
-          @doorbell.close
-          @workers.each(&:stop)
-          @arena.keep_files(false)
-          @arena.close
-        end
-      end
-
-      # What the workers are forked with (see Worker and WorkerLoop).
-      # @api private
-      attr_reader :arena, :doorbell, :setup, :work
 
       # How many worker processes the pool has.
       # @return [Integer]
@@ -134,11 +80,15 @@ module Numo
       def initialize(in_processes: nil, setup: nil, work: nil, &block)
         @work = block || work or raise ArgumentError, "a pool needs its work: a block (|item, state|) or work:"
         @workers = checked_size(in_processes)
-        @setup = setup
         @owner = Process.pid
         @lock = Mutex.new
         @calls = 0
-        @workers.zero? ? start_in_process : start_workers
+        if @workers.zero?
+          @state = setup&.call(0) # no workers: the work runs here, as the gem's in_processes: 0 does
+        else
+          @processes = Processes.new(@workers, setup, @work)
+          ObjectSpace.define_finalizer(self, Processes::Finalizer.new(@processes))
+        end
       end
 
       # The work's value for every item, in order: NArrays come back as
@@ -207,8 +157,7 @@ module Numo
         check_owner
         @lock.synchronize do
           @closed = true
-          @closer&.call
-          self.class.track(self, nil)
+          @processes&.close
         end
         nil
       end
@@ -224,10 +173,12 @@ module Numo
 
       # @return [String]
       # @example
-      #   Numo::Parallel::Pool.open(in_processes: 1, work: ->(x, _) { x }, &:inspect).start_with?("#<Numo::Parallel::Pool") # => true
+      #   pool = Numo::Parallel::Pool.new(in_processes: 1) { |x, _| x }
+      #   pool.inspect.start_with?("#<Numo::Parallel::Pool workers=1 pids=[") # => true
+      #   pool.close
       def inspect
-        pids = @processes&.map(&:pid)
-        "#<#{self.class} workers=#{@workers}#{" pids=#{pids}" if pids} calls=#{@calls}#{' closed' if closed?}>"
+        pids = " pids=#{@processes.pids}" if @processes
+        "#<#{self.class} workers=#{@workers}#{pids} calls=#{@calls}#{' closed' if closed?}>"
       end
 
       private
@@ -239,34 +190,6 @@ module Numo
         raise ArgumentError, "in_processes must be an Integer >= 0 (or nil), got #{count.inspect}"
       end
 
-      # No workers: the work runs here, as the gem's in_processes: 0 does.
-      def start_in_process
-        @state = @setup&.call(0)
-        @closer = -> {}
-      end
-
-      def start_workers
-        ResultDump.install # this process exports its items' NArrays
-        @arena = Numo::Shared::Arena.new
-        @arena.keep_files(true)
-        @doorbell = Numo::Shared::Doorbell.new(@workers)
-        @processes = []
-        @closer = Closer.new(@owner, @processes, @arena, @doorbell)
-        self.class.track(self, @closer)
-        ObjectSpace.define_finalizer(self, @closer)
-        @workers.times { |i| spawn(i) }
-        failure = @processes.filter_map(&:wait_ready).first
-        return unless failure
-
-        close
-        raise failure
-      end
-
-      def spawn(index)
-        worker = Worker.spawn(index, self, @processes.compact)
-        @processes[index] = worker
-      end
-
       def run(items, **options)
         check_owner
         items = items.respond_to?(:to_ary) ? items.to_ary : items.to_a
@@ -275,40 +198,8 @@ module Numo
         lock do
           raise IOError, "closed #{self.class}" if @closed
 
-          prepare
-          run_call(items, options)
+          @processes.call(@calls += 1, items, options)
         end
-      end
-
-      # The call itself; any end other than its own (an interrupt, a
-      # Timeout) leaves workers mid-chunk, which are then replaced.
-      def run_call(items, options)
-        @calls += 1
-        call = Call.new(@processes, @doorbell, items, options.merge(id: @calls, seconds_per_item: @seconds_per_item))
-        finished = false
-        result = call.run
-        finished = true
-        result
-      rescue StandardError
-        finished = true # the call's own ending: an item raised, or a worker died
-        raise
-      ensure
-        @seconds_per_item = call&.seconds_per_item
-        @processes.select(&:busy?).each(&:kill) unless finished
-      end
-
-      # Before a call: the workers that died are replaced, and the region is
-      # emptied of the last call's small arrays.
-      def prepare
-        @processes.each_with_index do |worker, i|
-          next if worker.alive?
-
-          worker.stop
-          spawn(i)
-          failure = @processes[i].wait_ready
-          raise failure if failure
-        end
-        @arena.reset
       end
 
       def in_process(items, returns:, with_index:, finish:, **)

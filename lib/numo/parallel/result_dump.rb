@@ -16,21 +16,19 @@ module Numo
     # other process has it.
     # @api private
     module ResultDump
-      # Starts an item. True in a worker process (the first time, this
-      # module is prepended to Marshal), false in the process that made
-      # +arena+ (the gem runs the block in threads, or with no workers).
-      def self.enter(arena)
-        case arena.enter_worker
-        when 0 then false
-        when 2 then install
-        else true
-        end
+      # Starts an item, and says whether this is a worker process: true in
+      # a worker (the first time, this module is prepended to Marshal),
+      # false in the process that made +arena+ (the gem runs the block in
+      # threads, or with no workers).
+      def self.worker?(arena)
+        entered = arena.enter_worker
+        install if entered == 2
+        entered.positive?
       end
 
       # Prepends this module to Marshal's singleton class, once per process.
       def self.install
         Marshal.singleton_class.prepend(self) unless Marshal.singleton_class.include?(self)
-        true
       end
 
       # Marshal.dump, between the extension's marks.

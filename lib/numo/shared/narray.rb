@@ -105,6 +105,7 @@ module Numo
       def free
         if Numo::Shared::Native.ours?(self) && !frozen?
           extend(Numo::Shared::FreedArray.for(self.class))
+
           Numo::Shared::Native.release(self)
           return freeze
         end

@@ -18,6 +18,10 @@ module Numo
         # A chunk runs items for about this long.
         BATCH_SECONDS = 0.002
 
+        # How long a wait for answers lasts before the busy workers are
+        # looked at (one that ended will never answer).
+        WAIT_MS = 50
+
         attr_reader :seconds_per_item
 
         def initialize(workers, doorbell, items, options)
@@ -51,9 +55,8 @@ module Numo
         # The indices each worker takes from: one queue for all, or one each.
         def queues
           indices = (0...@items.size).to_a
-          return Array.new(@workers.size, indices) unless @sticky
-
-          Array.new(@workers.size) { |w| indices.select { |i| i % @workers.size == w } }
+          count = @workers.size
+          @sticky ? Array.new(count) { |w| indices.select { |i| i % count == w } } : [indices] * count
         end
 
         def dispatch(worker)
@@ -64,7 +67,7 @@ module Numo
 
           chunk = queue.shift(chunk_size(queue.size)).map { |i| [i, @items[i]] }
           worker.send_chunk(@id, chunk, with_index: @with_index, returns: @returns)
-          fail_with(dead(worker)) unless worker.alive?
+          lost(worker) unless worker.alive?
         end
 
         def chunk_size(left)
@@ -76,32 +79,31 @@ module Numo
           (BATCH_SECONDS / [@seconds_per_item, 1e-7].max).floor.clamp(1, [share, 1].max)
         end
 
-        # How long a wait for answers lasts before the busy workers are
-        # looked at (one that ended will never answer).
-        WAIT_MS = 50
-
         # Waits for the next answers (the doorbell wakes this process) and
         # takes them; a worker that ended without answering is lost.
         def collect
           loop do
             seen = @doorbell.answers
-            answered = @workers.select { |worker| worker.busy? && worker.answered? }
+            answered = busy_workers(&:answered?)
             return answered.each { |worker| take(worker) } unless answered.empty?
             next if @doorbell.wait_answers(seen, WAIT_MS) != seen
 
-            ended = @workers.select { |worker| worker.busy? && worker.ended? }
+            ended = busy_workers(&:ended?)
             return ended.each { |worker| lost(worker) } unless ended.empty?
           end
+        end
+
+        def busy_workers(&)
+          @workers.select(&:busy?).select(&)
         end
 
         def take(worker)
           message = worker.receive
           worker.call = nil
-
-          kind, _id, indices, values, seconds, index, exception = message
+          kind, _id, indices, values, seconds, _index, exception = message
           keep(indices, values)
           pace(indices.size, seconds)
-          kind == :raised ? raised(index, exception) : dispatch(worker)
+          kind == :raised ? raised(exception) : dispatch(worker)
         end
 
         # Loads the values (their NArrays from shared memory) in place;
@@ -121,26 +123,24 @@ module Numo
           @seconds_per_item = @seconds_per_item ? (@seconds_per_item + per_item) / 2 : per_item
         end
 
-        def raised(index, exception)
-          if exception.is_a?(::Parallel::Break)
-            @break ||= exception
-            kill_busy_workers if exception.is_a?(::Parallel::Kill)
-            @stopped = true
-          else
-            fail_with(exception, index)
-          end
+        # An item raised +exception+: the call stops (a Break with its value;
+        # a Kill kills the busy workers too).
+        def raised(exception)
+          return fail_with(exception) unless exception.is_a?(::Parallel::Break)
+
+          @break ||= exception
+          kill_busy_workers if exception.is_a?(::Parallel::Kill)
+          @stopped = true
         end
 
-        # A worker that died: unless this call killed it.
+        # A worker that died (unless this call killed it): DeadWorker.
         def lost(worker)
-          fail_with(dead(worker)) unless @killed
+          return if @killed
+
+          fail_with(::Parallel::DeadWorker.new("worker #{worker.index} (pid #{worker.pid}) of the pool died"))
         end
 
-        def dead(worker)
-          ::Parallel::DeadWorker.new("worker #{worker.index} (pid #{worker.pid}) of the pool died")
-        end
-
-        def fail_with(exception, _index = nil)
+        def fail_with(exception)
           @failure ||= exception
           @stopped = true
         end

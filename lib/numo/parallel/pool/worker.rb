@@ -12,6 +12,8 @@ module Numo
       # outcome, and its end tells that the worker is gone.
       # @api private
       class Worker
+        include Ending
+
         ON_SOCKET = Numo::Shared::Doorbell::ON_SOCKET
 
         attr_reader :index, :pid, :socket, :link
@@ -94,66 +96,11 @@ module Numo
           Marshal.load(data) # rubocop:disable Security/MarshalLoad -- our worker's own answer
         end
 
-        # Whether the worker's process has ended (it is then marked dead).
-        def ended?
-          return false unless Process.waitpid(@pid, Process::WNOHANG)
-
-          @reaped = true
-          died
-          true
-        rescue Errno::ECHILD
-          died
-          true
-        end
-
-        def died
-          @dead = true
-          @call = nil
-        end
-
-        # Ends the worker: closes its socket (it exits when it reads the end)
-        # and waits for it, up to +grace+ seconds, then kills it.
-        def stop(grace: 2.0)
-          @socket.close unless @socket.closed?
-          @link.close
-          reap(grace)
-        end
-
-        # Kills the worker at once (SIGKILL) and waits for it.
-        def kill
-          Process.kill(:KILL, @pid) unless @reaped
-        rescue Errno::ESRCH
-          nil
-        ensure
-          stop(grace: 5.0)
-        end
-
         # In a newly forked sibling: this worker's socket and link are not
         # its own.
         def close_in_child
           @socket.close unless @socket.closed?
           @link.close
-        end
-
-        private
-
-        def reap(grace)
-          return if @reaped
-
-          deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + grace
-          loop do
-            return if Process.waitpid(@pid, Process::WNOHANG)
-            break if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
-
-            sleep 0.001
-          end
-          Process.kill(:KILL, @pid)
-          Process.waitpid(@pid)
-        rescue Errno::ECHILD, Errno::ESRCH
-          nil
-        ensure
-          @dead = true
-          @reaped = true
         end
       end
     end

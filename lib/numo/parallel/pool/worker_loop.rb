@@ -23,6 +23,14 @@ module Numo
         # whether its parent is still there.
         WAIT_MS = 200
 
+        # +exception+ as it can cross to another process: itself when
+        # Marshal can dump it, else Parallel::UndumpableException.
+        def self.dumpable(exception)
+          Marshal.dump(exception) && exception
+        rescue StandardError
+          ::Parallel::UndumpableException.new(exception)
+        end
+
         def initialize(index, socket, link, pool)
           @index = index
           @socket = socket
@@ -56,7 +64,7 @@ module Numo
           Frames.write(@socket, Marshal.dump([:ready]))
           [state]
         rescue Exception => e # rubocop:disable Lint/RescueException -- reported to the parent, which raises it
-          Frames.write(@socket, Marshal.dump([:setup_failed, Pool.dumpable(e)]))
+          Frames.write(@socket, Marshal.dump([:setup_failed, WorkerLoop.dumpable(e)]))
           nil
         end
 
@@ -105,7 +113,7 @@ module Numo
           rescue Exception => e # rubocop:disable Lint/RescueException -- any end of an item is the caller's to see
             raise if e.is_a?(SystemExit) || e.is_a?(SignalException) || e.is_a?(NoMemoryError)
 
-            return [:raised, id, indices, values, elapsed(started), index, Pool.dumpable(e)]
+            return [:raised, id, indices, values, elapsed(started), index, WorkerLoop.dumpable(e)]
           end
           [:done, id, indices, values, elapsed(started)]
         end
