@@ -88,6 +88,11 @@ module Numo
     #   # @api private
     #   class WorkerLink; end
     #
+    #   # A page of futex words by which a Numo::Parallel::Pool's parent and
+    #   # workers tell each other that a chunk or an answer waits.
+    #   # @api private
+    #   class Doorbell; end
+    #
     #   # Every shared array is extended with it: refuses +initialize+ and
     #   # +initialize_copy+, which would re-shape it over a mapping of the
     #   # old size.
