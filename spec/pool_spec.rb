@@ -93,8 +93,12 @@ RSpec.describe Numo::Parallel::Pool do
         Numo::Parallel::Pool.open(in_processes: 2, work: ->(x, _) { [x, Numo::DFloat.new(1000).fill(x)] }) do |pool|
           3.times { p pool.map(0...5).map { |x, a| x + a.sum } }
         end
+        big = Array.new(2) { |i| ("x" * (3 << 20)) + i.to_s } # far more than a socket holds at once
+        Numo::Parallel::Pool.open(in_processes: 2, work: ->(s, _) { s }) do |pool| # answers as large
+          p pool.map(big).map { |s| s[-1] }, pool.map(big, sticky: true).map(&:size)
+        end
       RUBY
-      expect(out).to eq("[0.0, 1001.0, 2002.0, 3003.0, 4004.0]\n" * 3)
+      expect(out).to eq(("[0.0, 1001.0, 2002.0, 3003.0, 4004.0]\n" * 3) + "[\"0\", \"1\"]\n[3145729, 3145729]\n")
     end
 
     it "refuses a pool without work, and a bad in_processes" do

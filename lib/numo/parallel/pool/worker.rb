@@ -76,8 +76,9 @@ module Numo
           message = [:call, id, with_index, returns, @link.forgotten, items]
           @link.arm_items(message)
           data = Marshal.dump(message)
-          at = @arena.pack(data) || (Frames.write(@socket, data) && ON_SOCKET)
-          @doorbell.ring(@index, at, data.bytesize)
+          at = @arena.pack(data)
+          @doorbell.ring(@index, at || ON_SOCKET, data.bytesize)
+          Frames.write(@socket, data) unless at # after the ring: the worker reads while this writes
           @call = id
         rescue Errno::EPIPE, Errno::ECONNRESET, IOError
           died

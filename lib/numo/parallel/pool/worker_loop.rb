@@ -97,8 +97,9 @@ module Numo
 
         def answer(message)
           data = Marshal.dump(message)
-          at = @arena.pack(data) || (Frames.write(@socket, data) && Worker::ON_SOCKET)
-          @doorbell.answer(@index, at, data.bytesize)
+          at = @arena.pack(data)
+          @doorbell.answer(@index, at || Worker::ON_SOCKET, data.bytesize)
+          Frames.write(@socket, data) unless at # after the answer: the parent reads while this writes
         end
 
         # Runs the items of one chunk, marshaling each value as its item ends.
