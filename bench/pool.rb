@@ -6,9 +6,9 @@
 #   1. a call of 50 items that do almost nothing, with the parent's RSS at
 #      about 20 MiB, 500 MiB and 2 GiB (a DFloat and a million Strings per
 #      400 MiB: forking costs grow with the parent);
-#   2. a call returning 16 x DFloat[1000,1000]: the pool against the
-#      transport alone, Numo::Parallel.map's time less that of the same
-#      call returning nil (its fork and round trips);
+#   2. a call returning 16 x DFloat[1000,1000]: the pool against
+#      Numo::Parallel.map's time less its fork (the time of the same call of
+#      16 items that do nothing: forking the workers and a round trip each);
 #   3. vectorised environments (examples/vector_env.rb), 2 and 4 of them,
 #      one per worker: steps per second of the pool against Python's
 #      persistent processes with Pipe and shared_memory (bench/vector_env.py,
@@ -93,19 +93,19 @@ medians = alternate(
   {
     "Pool#map" => -> { pool.map(0...16) },
     "Numo::Parallel.map" => -> { Numo::Parallel.map(0...16, in_processes: WORKERS) { |i| large.call(i) } },
-    "Numo::Parallel.map, nil" => -> { Numo::Parallel.map(0...16, in_processes: WORKERS) { |i| large.call(i) && nil } },
+    "Numo::Parallel.map of nothing" => -> { Numo::Parallel.map(0...16, in_processes: WORKERS) { nil } },
     "Parallel.map" => -> { Parallel.map(0...16, in_processes: WORKERS) { |i| large.call(i) } }
   }
 )
 pool.close
-transport = medians["Numo::Parallel.map"] - medians["Numo::Parallel.map, nil"]
-report["16 x DFloat[1000,1000]"] = medians.merge("transport alone" => transport)
+without_fork = medians["Numo::Parallel.map"] - medians["Numo::Parallel.map of nothing"]
+report["16 x DFloat[1000,1000]"] = medians.merge("Numo::Parallel.map less its fork" => without_fork)
 puts
 puts "2. A call returning 16 x DFloat[1000,1000] (122 MiB), #{WORKERS} workers (median of #{RUNS} rounds)"
 Bench.table(
-  ["variant", "time", "vs transport alone"],
-  medians.map { |name, s| [name, Bench.format_time(s), Bench.ratio(s, transport)] } +
-    [["transport alone (map less map returning nil)", Bench.format_time(transport), "1.00x"]]
+  ["variant", "time", "vs Numo::Parallel.map less its fork"],
+  medians.map { |name, s| [name, Bench.format_time(s), Bench.ratio(s, without_fork)] } +
+    [["Numo::Parallel.map less its fork", Bench.format_time(without_fork), "1.00x"]]
 )
 
 # 3. Vectorised environments: the pool against Python.
