@@ -294,11 +294,14 @@ RSpec.describe Numo::Parallel::Pool do
         full_gc
         [fd_count, File.foreach("/proc/self/maps").count, File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i]
       end
-      calls.call(300) # Ruby's heap and malloc's arenas settle
+      calls.call(1000) # Ruby's heap and malloc's arenas settle (maps grew by ~20 over the first 1,000 here, then stayed)
       after_some = measure.call
       calls.call(1000)
       fds, maps, rss = measure.call
-      expect([fds, maps]).to eq(after_some.first(2))
+      expect(fds).to eq(after_some[0])
+      # A leak per call would add hundreds; Ruby's heap may still add a
+      # page or two of its own.
+      expect(maps).to be <= after_some[1] + 4
       expect(rss).to be < after_some[2] + 10_000 # KiB: nothing grows with the number of calls
     end
   end
