@@ -205,6 +205,24 @@ RSpec.describe Numo::Parallel::Pool do
       expect(faulty.map([9, 10])).to eq([9, 10])
     end
 
+    it "takes Ctrl-C in a caller whose only thread waits (it waits holding the GVL), and stays usable" do
+      out = run_ruby_within(60, <<~RUBY)
+        require "numo/parallel"
+        pool = Numo::Parallel::Pool.new(in_processes: 2) { |x, _| sleep(x) && x }
+        killer = fork { sleep 0.5; Process.kill(:INT, Process.ppid); exit!(0) }
+        begin
+          pool.map([30, 30])
+          print "finished"
+        rescue Interrupt
+          print "interrupted with \#{Thread.list.size} thread"
+        end
+        Process.wait(killer)
+        print ", then \#{pool.map([0, 0]).inspect}"
+        pool.close
+      RUBY
+      expect(out).to eq("interrupted with 1 thread, then [0, 0]")
+    end
+
     it "raises what a worker's setup raised, and leaves no worker behind" do
       before = children
       expect { described_class.new(in_processes: 2, setup: ->(w) { raise "setup #{w} failed" }) { |x, _| x } }

@@ -114,7 +114,7 @@ impl Doorbell {
     }
 
     /// `doorbell.wait_bell(worker, seen, timeout_ms)` in a worker: waits
-    /// (without the GVL) until its bell counts past `seen` or the pool
+    /// (see `nogvl::short_wait`) until its bell counts past `seen` or the pool
     /// closes, at most `timeout_ms`; returns the bell's count (-1 when the
     /// pool closes).
     pub fn wait_bell(&self, worker: usize, seen: u32, timeout_ms: u64) -> Result<i64> {
@@ -122,7 +122,7 @@ impl Doorbell {
         let header = self.header();
         if slot.bell.load(Ordering::Acquire) == seen && header.closing.load(Ordering::Acquire) == 0
         {
-            nogvl::without_gvl(|| sys::futex_wait(&slot.bell, seen, timeout_ms), &|| {
+            nogvl::short_wait(|| sys::futex_wait(&slot.bell, seen, timeout_ms), &|| {
                 sys::futex_wake(&slot.bell)
             });
         }
@@ -180,12 +180,12 @@ impl Doorbell {
     }
 
     /// `doorbell.wait_answers(seen, timeout_ms)` in the parent: waits
-    /// (without the GVL) until the answers count past `seen`, at most
+    /// (see `nogvl::short_wait`) until the answers count past `seen`, at most
     /// `timeout_ms`; returns the count.
     pub fn wait_answers(&self, seen: u32, timeout_ms: u64) -> u32 {
         let answers = &self.header().answers;
         if answers.load(Ordering::Acquire) == seen {
-            nogvl::without_gvl(|| sys::futex_wait(answers, seen, timeout_ms), &|| {
+            nogvl::short_wait(|| sys::futex_wait(answers, seen, timeout_ms), &|| {
                 sys::futex_wake(answers)
             });
         }
