@@ -32,6 +32,10 @@ struct Header {
     answers: AtomicU32,
     /// Set when the pool closes: every worker stops waiting.
     closing: AtomicU32,
+    /// The count of `answers` the waiting parent needs: a worker whose
+    /// answer reaches it wakes the parent (one wake per wait, not one per
+    /// answer).
+    wanted: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -155,8 +159,15 @@ impl Doorbell {
         slot.answer_len.store(len, Ordering::Relaxed);
         slot.answered.fetch_add(1, Ordering::Release);
         let header = self.header();
-        header.answers.fetch_add(1, Ordering::Release);
-        sys::futex_wake(&header.answers);
+        // SeqCst with `wait_answers`: either the parent sees this answer
+        // before it sleeps, or this sees the count the parent wants.
+        let count = header
+            .answers
+            .fetch_add(1, Ordering::SeqCst)
+            .wrapping_add(1);
+        if count.wrapping_sub(header.wanted.load(Ordering::SeqCst)) as i32 >= 0 {
+            sys::futex_wake(&header.answers);
+        }
         Ok(())
     }
 
@@ -179,13 +190,19 @@ impl Doorbell {
         self.header().answers.load(Ordering::Acquire)
     }
 
-    /// `doorbell.wait_answers(seen, timeout_ms)` in the parent: waits
-    /// (see `nogvl::short_wait`) until the answers count past `seen`, at most
-    /// `timeout_ms`; returns the count.
-    pub fn wait_answers(&self, seen: u32, timeout_ms: u64) -> u32 {
-        let answers = &self.header().answers;
-        if answers.load(Ordering::Acquire) == seen {
-            nogvl::short_wait(|| sys::futex_wait(answers, seen, timeout_ms), &|| {
+    /// `doorbell.wait_answers(seen, want, timeout_ms)` in the parent: waits
+    /// (see `nogvl::short_wait`) until the answers count `want` past `seen`,
+    /// at most `timeout_ms`; returns the count (fewer if the wait ended
+    /// early: the timeout, a signal).
+    pub fn wait_answers(&self, seen: u32, want: u32, timeout_ms: u64) -> u32 {
+        let header = self.header();
+        let answers = &header.answers;
+        header
+            .wanted
+            .store(seen.wrapping_add(want.max(1)), Ordering::SeqCst);
+        let now = answers.load(Ordering::SeqCst);
+        if now.wrapping_sub(seen) < want.max(1) {
+            nogvl::short_wait(|| sys::futex_wait(answers, now, timeout_ms), &|| {
                 sys::futex_wake(answers)
             });
         }

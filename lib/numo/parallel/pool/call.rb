@@ -80,17 +80,25 @@ module Numo
         end
 
         # Waits for the next answers (the doorbell wakes this process) and
-        # takes them; a worker that ended without answering is lost.
+        # takes them; a worker that ended without answering is lost. While
+        # items wait for a free worker, one answer wakes this process; once
+        # every item was sent, only the last.
         def collect
           loop do
             seen = @doorbell.answers
             answered = busy_workers(&:answered?)
             return answered.each { |worker| take(worker) } unless answered.empty?
-            next if @doorbell.wait_answers(seen, WAIT_MS) != seen
+            next if @doorbell.wait_answers(seen, answers_wanted, WAIT_MS) != seen
 
             ended = busy_workers(&:ended?)
             return ended.each { |worker| lost(worker) } unless ended.empty?
           end
+        end
+
+        def answers_wanted
+          return 1 unless @stopped || @queues.all?(&:empty?)
+
+          @workers.count(&:busy?)
         end
 
         def busy_workers(&)
