@@ -98,7 +98,7 @@ RSpec.describe Numo::Parallel::Pool do
           p pool.map(big).map { |s| s[-1] }, pool.map(big, sticky: true).map(&:size)
         end
       RUBY
-      expect(out).to eq(("[0.0, 1001.0, 2002.0, 3003.0, 4004.0]\n" * 3) + "[\"0\", \"1\"]\n[3145729, 3145729]\n")
+      expect(out).to eq("#{"[0.0, 1001.0, 2002.0, 3003.0, 4004.0]\n" * 3}[\"0\", \"1\"]\n[3145729, 3145729]\n")
     end
 
     it "refuses a pool without work, and a bad in_processes" do
@@ -312,7 +312,7 @@ RSpec.describe Numo::Parallel::Pool do
         full_gc
         [fd_count, File.foreach("/proc/self/maps").count, File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i]
       end
-      calls.call(1000) # Ruby's heap and malloc's arenas settle (maps grew by ~20 over the first 1,000 here, then stayed)
+      calls.call(1000) # Ruby's heap settles (maps grew by ~20 over the first 1,000 here, then stayed)
       after_some = measure.call
       calls.call(1000)
       fds, maps, rss = measure.call

@@ -60,10 +60,8 @@ module Numo
         end
 
         def dispatch(worker)
-          return if @stopped || !worker.alive?
-
           queue = @queues[worker.index]
-          return if queue.empty?
+          return if @stopped || !worker.alive? || queue.empty?
 
           chunk = queue.shift(chunk_size(queue.size)).map { |i| [i, @items[i]] }
           worker.send_chunk(@id, chunk, with_index: @with_index, returns: @returns)
@@ -96,9 +94,7 @@ module Numo
         end
 
         def answers_wanted
-          return 1 unless @stopped || @queues.all?(&:empty?)
-
-          @workers.count(&:busy?)
+          @stopped || @queues.all?(&:empty?) ? @workers.count(&:busy?) : 1
         end
 
         def busy_workers(&)
@@ -127,8 +123,7 @@ module Numo
         def pace(count, seconds)
           return unless count.positive? && seconds
 
-          per_item = seconds / count
-          @seconds_per_item = @seconds_per_item ? (@seconds_per_item + per_item) / 2 : per_item
+          @seconds_per_item = ((@seconds_per_item || (seconds / count)) + (seconds / count)) / 2
         end
 
         # An item raised +exception+: the call stops (a Break with its value;
