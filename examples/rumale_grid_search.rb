@@ -9,7 +9,7 @@
 # the script prints the median times, checks that the results are equal and
 # picks the best grid point.
 #
-#   BUNDLE_GEMFILE=gemfiles/rumale.gemfile bundle exec ruby -Ilib examples/rumale_grid_search.rb
+#   BUNDLE_GEMFILE=gemfiles/rumale/Gemfile bundle exec ruby -Ilib examples/rumale_grid_search.rb
 
 require "numo/parallel" # numo/shared, the parallel gem and Numo::Parallel
 require "rumale"

@@ -12,10 +12,12 @@ require "rb_sys/mkmf"
 # ~/.cache/numo-shared when crates.io cannot be reached (it unpacks Debian's
 # packaged crates there). The config is passed to this build's cargo only.
 #
-# Each route has its lock, shipped with the gem: Cargo.debian.lock for the
-# crates bin/setup unpacks (Debian's crates carry Debian's checksums, which
-# crates.io's lock could not verify), Cargo.crates-io.lock for crates.io.
-# The route's lock becomes Cargo.lock and cargo runs with --locked.
+# Each route has its lock, shipped with the gem: Cargo.debian.lock for Debian
+# 13's packaged crates, Cargo.debian-sid.lock for sid's (Debian's crates carry
+# Debian's checksums, which crates.io's lock could not verify); bin/setup's
+# config names the one whose versions it found ("# numo-shared lock: ...").
+# Cargo.crates-io.lock for crates.io, if shipped. The route's lock becomes
+# Cargo.lock and cargo runs with --locked.
 #
 # The crates are fetched before the build, without cargo's retries, so that
 # a machine that cannot get them learns at once what to do.
@@ -37,17 +39,19 @@ module NumoSharedBuild
     path if File.file?(path)
   end
 
-  # :debian for bin/setup's config, :crates_io without a config, nil for a
+  # The lock's file name: the one bin/setup's config names (Cargo.debian.lock
+  # if it names none), Cargo.crates-io.lock without a config, nil for a
   # config of the user's own (its crates are whatever it names).
-  def route(config)
-    return :crates_io if config.nil?
+  def route_lock(config)
+    return "Cargo.crates-io.lock" if config.nil?
 
-    :debian if File.read(config).include?(SETUP_CONFIG_MARK)
+    text = File.read(config)
+    text[/^# numo-shared lock: (\S+)$/, 1] || "Cargo.debian.lock" if text.include?(SETUP_CONFIG_MARK)
   end
 
-  # Puts the route's lock in place as Cargo.lock; returns whether there is one.
-  def install_lock(route)
-    lock = route && File.join(ROOT, "Cargo.#{route.to_s.tr('_', '-')}.lock")
+  # Puts the lock +name+ in place as Cargo.lock; true when there is one.
+  def locked_with?(name)
+    lock = name && File.join(ROOT, File.basename(name))
     if lock && File.file?(lock)
       FileUtils.cp(lock, LOCK) unless File.file?(LOCK) && FileUtils.identical?(lock, LOCK)
       return true
@@ -104,13 +108,13 @@ module NumoSharedBuild
 
   def offline_advice(config)
     "The crates named by #{config} do not provide what the build needs. If bin/setup wrote it, run\n" \
-      "bin/setup again (Debian's packaged crates may have changed version: then Cargo.debian.lock\n" \
-      "needs updating, see the README's Installation section); if it is your own, check what it points at.\n"
+      "bin/setup again: it checks the packaged crates against each Cargo.debian*.lock and, when none\n" \
+      "matches, prints the command that writes a lock for them; if it is your own, check what it points at.\n"
   end
 end
 
 config = NumoSharedBuild.config_path
-locked = NumoSharedBuild.install_lock(NumoSharedBuild.route(config))
+locked = NumoSharedBuild.locked_with?(NumoSharedBuild.route_lock(config))
 message "using the Rust crates named by #{config}\n" if config
 message "crate versions locked by #{NumoSharedBuild::LOCK}\n" if locked
 NumoSharedBuild.fetch(config, locked)

@@ -10,7 +10,7 @@ rescue LoadError => e
                    "uses), and neither is installed: add one of them to your Gemfile (or gem install it)"
 end
 require_relative "shared/version"
-require_relative "numo_shared"
+require_relative "shared/extension"
 require_relative "shared/narray"
 require_relative "shared/named"
 require_relative "shared/npy"
