@@ -106,7 +106,16 @@ RSpec.describe "Numo::Parallel memory" do
         facts[3] = Marshal.singleton_class.include?(Numo::Parallel::ResultDump) ? 1 : 0
       end
       expect(facts.to_a).to eq([0, 0, 1, 1])
-      expect(Marshal.singleton_class.include?(Numo::Parallel::ResultDump)).to be(false)
+    end
+
+    it "leave the parent's Marshal as it was (only a Pool's parent, which sends items, has ResultDump)" do
+      # A new process: a Pool made earlier in this one rightly installed it here.
+      out = run_ruby(<<~RUBY)
+        require "numo/parallel"
+        Numo::Parallel.map([1, 2], in_processes: 2) { |x| Numo::DFloat.new(100_000).fill(x) }
+        print Marshal.singleton_class.include?(Numo::Parallel::ResultDump)
+      RUBY
+      expect(out).to eq("false")
     end
 
     it "stay the worker's own when a child it forks writes its copy, as with the gem" do

@@ -98,7 +98,7 @@ RSpec.describe Numo::Parallel::Pool do
           p pool.map(big).map { |s| s[-1] }, pool.map(big, sticky: true).map(&:size)
         end
       RUBY
-      expect(out).to eq(("[0.0, 1001.0, 2002.0, 3003.0, 4004.0]\n" * 3) + "[\"0\", \"1\"]\n[3145729, 3145729]\n")
+      expect(out).to eq("#{"[0.0, 1001.0, 2002.0, 3003.0, 4004.0]\n" * 3}[\"0\", \"1\"]\n[3145729, 3145729]\n")
     end
 
     it "refuses a pool without work, and a bad in_processes" do
@@ -205,6 +205,24 @@ RSpec.describe Numo::Parallel::Pool do
       expect(faulty.map([9, 10])).to eq([9, 10])
     end
 
+    it "takes Ctrl-C in a caller whose only thread waits (it waits holding the GVL), and stays usable" do
+      out = run_ruby_within(60, <<~RUBY)
+        require "numo/parallel"
+        pool = Numo::Parallel::Pool.new(in_processes: 2) { |x, _| sleep(x) && x }
+        killer = fork { sleep 0.5; Process.kill(:INT, Process.ppid); exit!(0) }
+        begin
+          pool.map([30, 30])
+          print "finished"
+        rescue Interrupt
+          print "interrupted with \#{Thread.list.size} thread"
+        end
+        Process.wait(killer)
+        print ", then \#{pool.map([0, 0]).inspect}"
+        pool.close
+      RUBY
+      expect(out).to eq("interrupted with 1 thread, then [0, 0]")
+    end
+
     it "raises what a worker's setup raised, and leaves no worker behind" do
       before = children
       expect { described_class.new(in_processes: 2, setup: ->(w) { raise "setup #{w} failed" }) { |x, _| x } }
@@ -294,11 +312,14 @@ RSpec.describe Numo::Parallel::Pool do
         full_gc
         [fd_count, File.foreach("/proc/self/maps").count, File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i]
       end
-      calls.call(300) # Ruby's heap and malloc's arenas settle
+      calls.call(1000) # Ruby's heap settles (maps grew by ~20 over the first 1,000 here, then stayed)
       after_some = measure.call
       calls.call(1000)
       fds, maps, rss = measure.call
-      expect([fds, maps]).to eq(after_some.first(2))
+      expect(fds).to eq(after_some[0])
+      # A leak per call would add hundreds; Ruby's heap may still add a
+      # page or two of its own.
+      expect(maps).to be <= after_some[1] + 4
       expect(rss).to be < after_some[2] + 10_000 # KiB: nothing grows with the number of calls
     end
   end

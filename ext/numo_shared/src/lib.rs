@@ -110,7 +110,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     bell.define_method("answered", method!(Doorbell::answered, 1))?;
     bell.define_method("answer_of", method!(Doorbell::answer_of, 1))?;
     bell.define_method("answers", method!(Doorbell::answers, 0))?;
-    bell.define_method("wait_answers", method!(Doorbell::wait_answers, 2))?;
+    bell.define_method("wait_answers", method!(Doorbell::wait_answers, 3))?;
     bell.define_method("close", method!(Doorbell::close, 0))?;
 
     // Every shared array is extended with it (see numo/guards.rs).

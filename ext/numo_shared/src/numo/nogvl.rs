@@ -1,6 +1,7 @@
 //! Waits that release Ruby's GVL, so that the process's other Ruby threads
 //! run meanwhile, and that Ruby can cut short (an interrupt, `Thread#raise`,
 //! `Timeout`): Ruby calls the unblocking function, which wakes the wait.
+//! A process whose only Ruby thread waits keeps the GVL (`short_wait`).
 
 use std::ffi::c_void;
 
@@ -26,5 +27,20 @@ pub fn without_gvl<W: FnMut(), U: Fn()>(mut wait: W, wake: &U) {
             Some(unblock::<U>),
             wake as *const U as *mut c_void,
         );
+    }
+}
+
+/// Runs `wait`, which must return within a short bounded time (a futex wait
+/// with a timeout of milliseconds; a signal also ends it, EINTR): holding the
+/// GVL when this is the process's only Ruby thread, as nothing else could run
+/// meanwhile (releasing and taking back the GVL wakes Ruby's timer thread, a
+/// cost that exceeded a pool's whole round trip), else as `without_gvl`. A
+/// pending interrupt (Ctrl-C) is taken by Ruby once `wait` returns.
+pub fn short_wait<W: FnMut(), U: Fn()>(mut wait: W, wake: &U) {
+    // SAFETY: called with the GVL held, as every method of the extension.
+    if unsafe { rb_sys::rb_thread_alone() } != 0 {
+        wait();
+    } else {
+        without_gvl(wait, wake);
     }
 }

@@ -32,6 +32,10 @@ struct Header {
     answers: AtomicU32,
     /// Set when the pool closes: every worker stops waiting.
     closing: AtomicU32,
+    /// The count of `answers` the waiting parent needs: a worker whose
+    /// answer reaches it wakes the parent (one wake per wait, not one per
+    /// answer).
+    wanted: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -114,7 +118,7 @@ impl Doorbell {
     }
 
     /// `doorbell.wait_bell(worker, seen, timeout_ms)` in a worker: waits
-    /// (without the GVL) until its bell counts past `seen` or the pool
+    /// (see `nogvl::short_wait`) until its bell counts past `seen` or the pool
     /// closes, at most `timeout_ms`; returns the bell's count (-1 when the
     /// pool closes).
     pub fn wait_bell(&self, worker: usize, seen: u32, timeout_ms: u64) -> Result<i64> {
@@ -122,7 +126,7 @@ impl Doorbell {
         let header = self.header();
         if slot.bell.load(Ordering::Acquire) == seen && header.closing.load(Ordering::Acquire) == 0
         {
-            nogvl::without_gvl(|| sys::futex_wait(&slot.bell, seen, timeout_ms), &|| {
+            nogvl::short_wait(|| sys::futex_wait(&slot.bell, seen, timeout_ms), &|| {
                 sys::futex_wake(&slot.bell)
             });
         }
@@ -155,8 +159,15 @@ impl Doorbell {
         slot.answer_len.store(len, Ordering::Relaxed);
         slot.answered.fetch_add(1, Ordering::Release);
         let header = self.header();
-        header.answers.fetch_add(1, Ordering::Release);
-        sys::futex_wake(&header.answers);
+        // SeqCst with `wait_answers`: either the parent sees this answer
+        // before it sleeps, or this sees the count the parent wants.
+        let count = header
+            .answers
+            .fetch_add(1, Ordering::SeqCst)
+            .wrapping_add(1);
+        if count.wrapping_sub(header.wanted.load(Ordering::SeqCst)) as i32 >= 0 {
+            sys::futex_wake(&header.answers);
+        }
         Ok(())
     }
 
@@ -179,13 +190,19 @@ impl Doorbell {
         self.header().answers.load(Ordering::Acquire)
     }
 
-    /// `doorbell.wait_answers(seen, timeout_ms)` in the parent: waits
-    /// (without the GVL) until the answers count past `seen`, at most
-    /// `timeout_ms`; returns the count.
-    pub fn wait_answers(&self, seen: u32, timeout_ms: u64) -> u32 {
-        let answers = &self.header().answers;
-        if answers.load(Ordering::Acquire) == seen {
-            nogvl::without_gvl(|| sys::futex_wait(answers, seen, timeout_ms), &|| {
+    /// `doorbell.wait_answers(seen, want, timeout_ms)` in the parent: waits
+    /// (see `nogvl::short_wait`) until the answers count `want` past `seen`,
+    /// at most `timeout_ms`; returns the count (fewer if the wait ended
+    /// early: the timeout, a signal).
+    pub fn wait_answers(&self, seen: u32, want: u32, timeout_ms: u64) -> u32 {
+        let header = self.header();
+        let answers = &header.answers;
+        header
+            .wanted
+            .store(seen.wrapping_add(want.max(1)), Ordering::SeqCst);
+        let now = answers.load(Ordering::SeqCst);
+        if now.wrapping_sub(seen) < want.max(1) {
+            nogvl::short_wait(|| sys::futex_wait(answers, now, timeout_ms), &|| {
                 sys::futex_wake(answers)
             });
         }

@@ -99,7 +99,9 @@ impl Region {
         region.cursor().store(DATA_START, Ordering::SeqCst);
         let identity = (u64::from(pid::current() as u32) << 32)
             | NEXT_IDENTITY.fetch_add(1, Ordering::Relaxed);
-        region.counter(IDENTITY_AT).store(identity, Ordering::SeqCst);
+        region
+            .counter(IDENTITY_AT)
+            .store(identity, Ordering::SeqCst);
         Some(region)
     }
 

@@ -60,10 +60,8 @@ module Numo
         end
 
         def dispatch(worker)
-          return if @stopped || !worker.alive?
-
           queue = @queues[worker.index]
-          return if queue.empty?
+          return if @stopped || !worker.alive? || queue.empty?
 
           chunk = queue.shift(chunk_size(queue.size)).map { |i| [i, @items[i]] }
           worker.send_chunk(@id, chunk, with_index: @with_index, returns: @returns)
@@ -80,17 +78,23 @@ module Numo
         end
 
         # Waits for the next answers (the doorbell wakes this process) and
-        # takes them; a worker that ended without answering is lost.
+        # takes them; a worker that ended without answering is lost. While
+        # items wait for a free worker, one answer wakes this process; once
+        # every item was sent, only the last.
         def collect
           loop do
             seen = @doorbell.answers
             answered = busy_workers(&:answered?)
             return answered.each { |worker| take(worker) } unless answered.empty?
-            next if @doorbell.wait_answers(seen, WAIT_MS) != seen
+            next if @doorbell.wait_answers(seen, answers_wanted, WAIT_MS) != seen
 
             ended = busy_workers(&:ended?)
             return ended.each { |worker| lost(worker) } unless ended.empty?
           end
+        end
+
+        def answers_wanted
+          @stopped || @queues.all?(&:empty?) ? @workers.count(&:busy?) : 1
         end
 
         def busy_workers(&)
@@ -119,8 +123,7 @@ module Numo
         def pace(count, seconds)
           return unless count.positive? && seconds
 
-          per_item = seconds / count
-          @seconds_per_item = @seconds_per_item ? (@seconds_per_item + per_item) / 2 : per_item
+          @seconds_per_item = ((@seconds_per_item || (seconds / count)) + (seconds / count)) / 2
         end
 
         # An item raised +exception+: the call stops (a Break with its value;
