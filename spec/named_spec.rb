@@ -207,7 +207,9 @@ RSpec.describe "named shared arrays" do
     maps = mapping_sizes("/dev/shm/#{name}").size
     fds = fd_count
     2_000.times { Numo::NArray.open_shared(name)[1..3].sum }
-    expect(settled_value(maps) { mapping_sizes("/dev/shm/#{name}").size }).to eq(maps)
+    # A leak keeps hundreds; a stale slot of the conservatively scanned
+    # stack kept the last array opened alive once in CI (1 for 0).
+    expect(settled_value(maps) { mapping_sizes("/dev/shm/#{name}").size }).to be <= maps + 1
     expect(fd_count).to eq(fds)
   end
 end
