@@ -44,6 +44,10 @@ static NEXT_IDENTITY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// their chunk without touching the shared cursor.
 const CHUNK: u64 = 64 * 1024;
 
+/// How much of the region calls may take before `reset` empties it (and
+/// the pages they wrote are written again).
+const REUSE_AFTER: u64 = 4 << 20;
+
 /// The chunk this process packs into: who took it, and which part is left.
 struct Chunk {
     pid: i32,
@@ -187,14 +191,21 @@ impl Region {
         Some(start)
     }
 
-    /// Empties the region for another call of the processes that share it:
-    /// what was packed and claimed is forgotten, and every process takes a
-    /// new chunk. Only when none of them packs or claims (between calls).
+    /// Readies the region for another call of the processes that share it:
+    /// what was claimed is forgotten; once more than `REUSE_AFTER` bytes
+    /// were packed, what was packed too, and every process takes a new
+    /// chunk. Until then each goes on packing into its chunk: a new chunk
+    /// per call cost each process a populate of its pages, a pool's calls
+    /// of small items most of all. Only when none of them packs or claims
+    /// (between calls).
     pub fn reset(&self) {
         self.counter(CLAIMED_AT).store(0, Ordering::SeqCst);
         self.counter(STOPPED_AT).store(0, Ordering::SeqCst);
-        self.counter(GENERATION_AT).fetch_add(1, Ordering::SeqCst);
-        self.cursor().store(DATA_START, Ordering::SeqCst);
+        let used = self.cursor().load(Ordering::SeqCst) - DATA_START;
+        if used > REUSE_AFTER.min(self.len as u64 / 2) {
+            self.counter(GENERATION_AT).fetch_add(1, Ordering::SeqCst);
+            self.cursor().store(DATA_START, Ordering::SeqCst);
+        }
     }
 
     /// Packs a copy of `data`; `None` when the region is full.
