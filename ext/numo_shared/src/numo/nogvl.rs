@@ -37,10 +37,16 @@ pub fn without_gvl<W: FnMut(), U: Fn()>(mut wait: W, wake: &U) {
 /// cost that exceeded a pool's whole round trip), else as `without_gvl`. A
 /// pending interrupt (Ctrl-C) is taken by Ruby once `wait` returns.
 pub fn short_wait<W: FnMut(), U: Fn()>(mut wait: W, wake: &U) {
-    // SAFETY: called with the GVL held, as every method of the extension.
-    if unsafe { rb_sys::rb_thread_alone() } != 0 {
+    if alone() {
         wait();
     } else {
         without_gvl(wait, wake);
     }
+}
+
+/// Whether the calling thread is its process's only Ruby thread. Called with
+/// the GVL held, as every method of the extension.
+pub fn alone() -> bool {
+    // SAFETY: reads the VM's thread count; the caller holds the GVL.
+    unsafe { rb_sys::rb_thread_alone() != 0 }
 }

@@ -124,6 +124,7 @@ impl Doorbell {
     pub fn wait_bell(&self, worker: usize, seen: u32, timeout_ms: u64) -> Result<i64> {
         let slot = self.slot(worker)?;
         let header = self.header();
+        spin_while(|| slot.bell.load(Ordering::Acquire) == seen);
         if slot.bell.load(Ordering::Acquire) == seen && header.closing.load(Ordering::Acquire) == 0
         {
             nogvl::short_wait(|| sys::futex_wait(&slot.bell, seen, timeout_ms), &|| {
@@ -200,6 +201,7 @@ impl Doorbell {
         header
             .wanted
             .store(seen.wrapping_add(want.max(1)), Ordering::SeqCst);
+        spin_while(|| answers.load(Ordering::SeqCst).wrapping_sub(seen) < want.max(1));
         let now = answers.load(Ordering::SeqCst);
         if now.wrapping_sub(seen) < want.max(1) {
             nogvl::short_wait(|| sys::futex_wait(answers, now, timeout_ms), &|| {
@@ -218,6 +220,29 @@ impl Doorbell {
                 sys::futex_wake(&slot.bell);
             }
         }
+    }
+}
+
+/// How long a wait first yields the processor, looking at its word between
+/// yields, before it sleeps on the futex: a pool's next message or answer
+/// often comes sooner (a vectorised environment's next step), and a process
+/// that never slept is not woken. Measured on 2 cores, 2 and 4 environments
+/// (examples/vector_env.rb): about 1.4x and 1.7x the steps per second of sleeping
+/// at once. `sched_yield` gives the processor to any process that can run,
+/// so the others lose nothing; it costs the waiting process at most this
+/// much of its own time per wait.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(300);
+
+/// Yields the processor while `waiting()` holds, at most `SPIN`, if this is
+/// the process's only Ruby thread (another would wait for the GVL).
+fn spin_while(waiting: impl Fn() -> bool) {
+    if !nogvl::alone() {
+        return;
+    }
+    let until = std::time::Instant::now() + SPIN;
+    while waiting() && std::time::Instant::now() < until {
+        // SAFETY: no arguments; gives up the processor for a moment.
+        unsafe { libc::sched_yield() };
     }
 }
 
