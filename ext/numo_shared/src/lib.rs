@@ -17,7 +17,7 @@ use magnus::{function, method, prelude::*, rb_sys::AsRawValue, RClass, RModule, 
 
 use crate::numo::{guards, installed, layout, marshal, shared_array};
 use crate::parallel::doorbell::Doorbell;
-use crate::parallel::link::Link;
+use crate::parallel::link_object::Link;
 use crate::parallel::{arena::Arena, export, exporting, load, stack_rows, worker};
 use crate::ruby_api::{memmap, named, new_shared};
 

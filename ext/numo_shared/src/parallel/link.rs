@@ -1,4 +1,4 @@
-//! `WorkerLink` (Ruby's `Numo::Shared::WorkerLink`): what a
+//! `WorkerLink`: what a
 //! `Numo::Parallel::Pool` shares with one of its workers besides the pool's
 //! arena: the channel over which the parent sends that worker the memfds of
 //! large items, and the files of the parent's shared arrays that the worker
@@ -19,11 +19,6 @@ use crate::memory::live;
 use crate::memory::pid;
 use crate::parallel::arena::{Arena, Shared};
 use crate::parallel::channel::Channel;
-use crate::parallel::exporting::{self, Target};
-use crate::parallel::worker;
-
-#[magnus::wrap(class = "Numo::Shared::WorkerLink", free_immediately, size)]
-pub struct Link(Arc<WorkerLink>);
 
 pub struct WorkerLink {
     pub arena: Arc<Shared>,
@@ -37,45 +32,23 @@ pub struct WorkerLink {
     next_id: AtomicU64,
 }
 
-impl Link {
-    /// `Numo::Shared::WorkerLink.new(arena)` in a pool's parent, just before
-    /// it forks the worker.
-    pub fn new(arena: &Arena) -> Result<Link> {
-        Ok(Link(Arc::new(WorkerLink {
+impl WorkerLink {
+    /// In a pool's parent, just before it forks the worker.
+    pub fn new(arena: &Arena) -> Result<WorkerLink> {
+        Ok(WorkerLink {
             arena: Arc::clone(arena.shared()),
             channel: Channel::open_without_thread()?,
             parent: pid::current(),
             watermark: live::serial_watermark(),
             sent: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(0),
-        })))
+        })
     }
 
-    /// `link.in_parent` after the fork: the parent only sends.
-    pub fn in_parent(&self) {
-        self.0.channel.close_receiver_copy();
-    }
-
-    /// `link.in_worker` in the new worker: it only receives, its values go
-    /// to the pool's arena, and its items come through this link. Returns
-    /// what `arena.enter_worker` returns.
-    pub fn in_worker(&self, arena: &Arena) -> u8 {
-        self.0.channel.close_sender_copy();
-        worker::enter_with(arena, Some(Arc::clone(&self.0)))
-    }
-
-    /// `link.arm_items(items)` in the parent: the calling thread's
-    /// `Marshal.dump` of `items` (a call's items for this worker) exports
-    /// their NArrays to this worker.
-    pub fn arm_items(&self, items: magnus::Value) {
-        use magnus::rb_sys::AsRawValue;
-        exporting::arm(Some((Target::Worker(Arc::clone(&self.0)), items.as_raw())));
-    }
-
-    /// `link.forgotten` in the parent: the serials of arrays whose files the
-    /// worker was sent and that are gone here (the worker may drop them).
+    /// In the parent: the serials of arrays whose files the worker was sent
+    /// and that are gone here (the worker may drop them).
     pub fn forgotten(&self) -> Vec<u64> {
-        let mut sent = self.0.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<u64> = sent
             .iter()
             .copied()
@@ -87,26 +60,18 @@ impl Link {
         gone
     }
 
-    /// `link.forget(serials)` in the worker: drops the files of those of the
-    /// parent's arrays.
-    pub fn forget(&self, serials: Vec<u64>) {
-        self.0.channel.forget_files(&serials);
-    }
-
-    /// `link.close`: in the parent, closes its end (and everything the
-    /// channel holds); in any other process (a sibling worker forked later),
-    /// only that process's copies of the descriptors.
+    /// Closes, in the parent, its end (and everything the channel holds);
+    /// in any other process (a sibling worker forked later), only that
+    /// process's copies of the descriptors.
     pub fn close(&self) {
-        if pid::current() == self.0.parent {
-            self.0.channel.close();
+        if pid::current() == self.parent {
+            self.channel.close();
         } else {
-            self.0.channel.close_receiver_copy();
-            self.0.channel.close_sender_copy();
+            self.channel.close_receiver_copy();
+            self.channel.close_sender_copy();
         }
     }
-}
 
-impl WorkerLink {
     /// In the parent: makes sure the worker maps this process's shared
     /// array `serial`, sending it the array's file if the worker was forked
     /// before the array was made. An error when that cannot be: passing the
