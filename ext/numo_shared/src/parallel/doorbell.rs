@@ -196,14 +196,15 @@ impl Doorbell {
     /// at most `timeout_ms`; returns the count (fewer if the wait ended
     /// early: the timeout, a signal).
     pub fn wait_answers(&self, seen: u32, want: u32, timeout_ms: u64) -> u32 {
+        let want = want.max(1);
         let header = self.header();
         let answers = &header.answers;
         header
             .wanted
-            .store(seen.wrapping_add(want.max(1)), Ordering::SeqCst);
-        spin_while(|| answers.load(Ordering::SeqCst).wrapping_sub(seen) < want.max(1));
+            .store(seen.wrapping_add(want), Ordering::SeqCst);
+        spin_while(|| answers.load(Ordering::SeqCst).wrapping_sub(seen) < want);
         let now = answers.load(Ordering::SeqCst);
-        if now.wrapping_sub(seen) < want.max(1) {
+        if now.wrapping_sub(seen) < want {
             nogvl::short_wait(|| sys::futex_wait(answers, now, timeout_ms), &|| {
                 sys::futex_wake(answers)
             });
