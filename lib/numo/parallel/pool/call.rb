@@ -102,9 +102,8 @@ module Numo
         end
 
         def take(worker)
-          message = worker.receive
+          kind, _id, indices, values, seconds, _index, exception = worker.receive
           worker.call = nil
-          kind, _id, indices, values, seconds, _index, exception = message
           keep(indices, values)
           pace(indices.size, seconds)
           kind == :raised ? raised(exception) : dispatch(worker)
@@ -123,7 +122,8 @@ module Numo
         def pace(count, seconds)
           return unless count.positive? && seconds
 
-          @seconds_per_item = ((@seconds_per_item || (seconds / count)) + (seconds / count)) / 2
+          per_item = seconds / count
+          @seconds_per_item = @seconds_per_item ? (@seconds_per_item + per_item) / 2 : per_item
         end
 
         # An item raised +exception+: the call stops (a Break with its value;
